@@ -4,7 +4,9 @@
 //! - `config::CorsArgs` is flattened into the proxy's clap `Args` (flags + env vars + `.env`).
 //! - `Policy::from_args(&CorsArgs) -> Result<(Policy, Vec<String> /* warnings */), CorsConfigError>`
 //!   validates at start-up and on reload.
-//! - `Policy::check(&self, &RequestInfo) -> Verdict` runs before anything is forwarded.
+//! - `Policy::check(&self, &RequestInfo) -> Verdict` is the pure decision.
+//! - `evaluate(&Policy, &RequestInfo) -> Verdict` is what the server calls before anything is
+//!   forwarded: `check` plus the (rate-limited) refusal log and counters.
 //! - `Verdict::Respond(resp)`: the proxy sends `resp` itself and never forwards (preflight, refusal).
 //! - `Verdict::Forward(cors)`: the proxy forwards, then calls `cors.apply(resp.headers_mut())` on
 //!   whatever response it sends back (the app's, a redirect, or the proxy's own 502/504).
@@ -61,4 +63,9 @@ impl Policy {
     pub fn check(&self, _req: &RequestInfo<'_>) -> Verdict {
         Verdict::Forward(ResponseCors::default())
     }
+}
+
+/// The server's entry point: the pure decision plus logging of refusals.
+pub fn evaluate(policy: &Policy, req: &RequestInfo<'_>) -> Verdict {
+    policy.check(req)
 }
