@@ -1,0 +1,25 @@
+//! A minimal hyper backend carrying the business routes of the original FastAPI tutorial app:
+//! a login page, password login issuing opaque session tokens, a home page, "me", and logout.
+//!
+//! A request's path through the modules:
+//! [`server`] accepts the connection and hands each request to [`routes`], which matches path and
+//! method, reads what it needs from the request with [`request`] (format wanted, outside origin,
+//! session credential, login form), checks passwords with [`users`] and sessions with [`sessions`],
+//! and answers with [`pages`] (HTML) or [`response`] (JSON, redirects, cookies, error statuses).
+//! [`config`] holds the settings and the command line that builds them.
+//!
+//! The app never sees TLS and knows nothing of CORS: the proxy in front does both and tells the
+//! app the outside scheme and host in `X-Forwarded-Proto` / `X-Forwarded-Host` (or `Forwarded`).
+
+pub mod config;
+pub mod healthcheck;
+pub mod pages;
+pub mod request;
+pub mod response;
+pub mod routes;
+pub mod server;
+pub mod sessions;
+pub mod users;
+
+pub use config::Config;
+pub use server::{run, AppError};
