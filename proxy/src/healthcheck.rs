@@ -1,4 +1,307 @@
-//! `proxy healthcheck`: a container health check that needs no shell or curl.
+//! `proxy healthcheck`: a container health check that needs no shell or curl. It connects to the
+//! local TLS listener, requires a completed TLS handshake and, with `--http`, any HTTP response.
 //!
-//! INTERFACE CONTRACT: `HealthcheckArgs` (clap::Args) and `run(&HealthcheckArgs) -> ExitCode`-like
-//! result. Placeholder until the TLS work lands.
+//! It checks that this proxy's listener is alive, not who it is, so the certificate chain is not
+//! verified (a dev or private-CA certificate must not make a healthy proxy look dead); the server
+//! must still prove it holds the certificate's key, since the handshake signatures are checked.
+//! Blocking I/O on purpose: a one-shot check needs no async runtime.
+
+use std::io::{self, Read as _, Write as _};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs as _};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
+
+/// The proxy's default listener as seen from inside its own container.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8443";
+/// Time allowed for the whole check: connect, handshake and, with `--http`, the response.
+pub const DEFAULT_TIMEOUT: &str = "3s";
+/// SNI sent in the handshake; the proxy serves one certificate whatever the name.
+const SERVER_NAME: &str = "localhost";
+
+/// Arguments of `proxy healthcheck`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    /// Address (host:port) of the proxy's TLS listener to check [default: the port of
+    /// PROXY_LISTEN on loopback, else 127.0.0.1:8443].
+    #[arg(long, env = "PROXY_HEALTHCHECK_ADDR")]
+    pub addr: Option<String>,
+    /// The proxy's listen address, read from the same PROXY_LISTEN the proxy uses, so that the
+    /// check follows a changed port without a second setting.
+    #[arg(long, env = "PROXY_LISTEN", hide = true)]
+    pub listen: Option<String>,
+    /// Time allowed for the whole check, e.g. `3s` or `500ms`.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Also send `GET /` and require an HTTP response (any status: a 502 while the upstream is down
+    /// still shows the proxy is alive).
+    #[arg(long)]
+    pub http: bool,
+}
+
+/// Why the listener is considered unhealthy; each message is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("cannot resolve {addr}: {source}")]
+    Resolve { addr: String, source: io::Error },
+    #[error("cannot connect to {addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("{phase} with {addr} did not finish within {timeout:?}")]
+    Timeout {
+        phase: &'static str,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+    #[error("TLS handshake with {addr} failed: {source}")]
+    Handshake { addr: SocketAddr, source: io::Error },
+    #[error("no HTTP response from {addr}: {detail}")]
+    Http { addr: SocketAddr, detail: String },
+}
+
+impl HealthcheckArgs {
+    /// The address to check: `--addr`, else the proxy's listen address with a wildcard IP
+    /// replaced by loopback, else [`DEFAULT_ADDR`].
+    pub fn target(&self) -> String {
+        if let Some(addr) = &self.addr {
+            return addr.clone();
+        }
+        match self.listen.as_deref().map(str::parse::<SocketAddr>) {
+            Some(Ok(mut listen)) => {
+                if listen.ip().is_unspecified() {
+                    listen.set_ip(match listen {
+                        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                listen.to_string()
+            }
+            Some(Err(_)) => self.listen.clone().unwrap_or_default(),
+            None => DEFAULT_ADDR.to_owned(),
+        }
+    }
+}
+
+/// Runs the check once.
+pub fn run(args: &HealthcheckArgs) -> Result<(), HealthError> {
+    let deadline = Instant::now() + args.timeout;
+    let (mut tcp, addr) = connect(&args.target(), args.timeout)?;
+    let phase_err = |phase: &'static str, source: io::Error| match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => HealthError::Timeout {
+            phase,
+            addr,
+            timeout: args.timeout,
+        },
+        _ if phase == "tls handshake" => HealthError::Handshake { addr, source },
+        _ => HealthError::Http {
+            addr,
+            detail: source.to_string(),
+        },
+    };
+
+    let name = ServerName::try_from(SERVER_NAME).expect("a valid DNS name");
+    let mut conn = ClientConnection::new(client_config(), name)
+        .map_err(|e| phase_err("tls handshake", io::Error::other(e)))?;
+    while conn.is_handshaking() {
+        set_deadline(&tcp, deadline).map_err(|e| phase_err("tls handshake", e))?;
+        conn.complete_io(&mut tcp)
+            .map_err(|e| phase_err("tls handshake", e))?;
+    }
+    if !args.http {
+        return Ok(());
+    }
+
+    let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+    let request = format!("GET / HTTP/1.1\r\nHost: {SERVER_NAME}\r\nConnection: close\r\n\r\n");
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    let http = (|| -> io::Result<()> {
+        set_deadline(tls.sock, deadline)?;
+        tls.write_all(request.as_bytes())?;
+        while got < head.len() {
+            set_deadline(tls.sock, deadline)?;
+            match tls.read(&mut head[got..])? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(())
+    })();
+    http.map_err(|e| phase_err("http request", e))?;
+    // "HTTP/1.1 200 " or any other status line: the proxy answered.
+    if got == head.len() && head.starts_with(b"HTTP/1.") && head[8] == b' ' {
+        Ok(())
+    } else {
+        Err(HealthError::Http {
+            addr,
+            detail: format!(
+                "unexpected reply {:?}",
+                String::from_utf8_lossy(&head[..got])
+            ),
+        })
+    }
+}
+
+/// [`run`], then prints one line (`ok: ...` on stdout or `unhealthy: ...` on stderr) and returns
+/// the exit code a container runtime expects: 0 healthy, 1 unhealthy.
+pub fn run_and_report(args: &HealthcheckArgs) -> ExitCode {
+    match run(args) {
+        Ok(()) => {
+            println!("ok: {} completed a TLS handshake", args.target());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `500ms`, `3s`, `2m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 3s, 500ms)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+    }
+}
+
+/// Tries each resolved address in turn, as a client would.
+fn connect(addr: &str, timeout: Duration) -> Result<(TcpStream, SocketAddr), HealthError> {
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|source| HealthError::Resolve {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+    for candidate in addrs {
+        match TcpStream::connect_timeout(&candidate, timeout) {
+            Ok(tcp) => return Ok((tcp, candidate)),
+            Err(e) => last = e,
+        }
+    }
+    Err(HealthError::Connect {
+        addr: addr.to_owned(),
+        source: last,
+    })
+}
+
+fn set_deadline(tcp: &TcpStream, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    tcp.set_read_timeout(Some(left))?;
+    tcp.set_write_timeout(Some(left))
+}
+
+fn client_config() -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("the aws-lc-rs default provider supports the default versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(LivenessOnly(provider)))
+        .with_no_client_auth();
+    // HTTP/1.1 only: the optional request is written as HTTP/1.1.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(config)
+}
+
+/// Accepts any certificate but checks the handshake signatures made with its key.
+#[derive(Debug)]
+struct LivenessOnly(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for LivenessOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_follows_the_listen_address() {
+        let args = |addr: Option<&str>, listen: Option<&str>| HealthcheckArgs {
+            addr: addr.map(str::to_owned),
+            listen: listen.map(str::to_owned),
+            timeout: Duration::from_secs(1),
+            http: false,
+        };
+        let cases = [
+            (None, None, "127.0.0.1:8443"),
+            (None, Some("0.0.0.0:9443"), "127.0.0.1:9443"),
+            (None, Some("[::]:9443"), "[::1]:9443"),
+            (None, Some("10.1.2.3:443"), "10.1.2.3:443"),
+            (None, Some("proxy:8443"), "proxy:8443"),
+            (Some("localhost:1"), Some("0.0.0.0:9443"), "localhost:1"),
+        ];
+        for (addr, listen, want) in cases {
+            assert_eq!(args(addr, listen).target(), want, "{addr:?} {listen:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("3h").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}
