@@ -1,4 +1,28 @@
 //! TLS-terminating reverse-proxy sidecar with a CORS policy engine.
-//! (Overview of the request flow to be written as the modules land.)
+//!
+//! A request's way through the modules:
+//! 1. [`server::run`] accepts a TCP connection (waiting for a slot under `PROXY_MAX_CONNECTIONS`),
+//!    sets TCP_NODELAY and completes the TLS handshake within the handshake timeout, with the
+//!    certificate [`tls::CertStore`] holds at that moment (ALPN `h2` or `http/1.1`).
+//! 2. hyper-util's auto builder serves HTTP/1.1 or HTTP/2 on it; each request goes to the server's
+//!    handler, which reads the live configuration (upstream + CORS policy, swapped atomically on
+//!    reload) without a lock.
+//! 3. [`cors::evaluate`] decides: answer now (preflight, refusal) or forward with CORS headers to add.
+//! 4. [`forward::forward`] strips hop-by-hop headers, sets `X-Forwarded-*`, `Forwarded` and `Via`,
+//!    and sends the request over the one pooled upstream client, streaming the body; a stale pooled
+//!    connection is retried once for idempotent requests; upgrades are joined into a tunnel.
+//! 5. The response streams back with hop-by-hop headers stripped, the CORS headers and HSTS added;
+//!    failures become 502/504 in [`error`]; one access-log line is written when the body ends.
+//!
+//! [`config`] turns flags, environment and `.env` into validated settings; [`signal`] turns
+//! SIGTERM/SIGINT into a graceful drain and SIGHUP into [`server::Proxy::reload`].
 
+pub mod config;
 pub mod cors;
+pub mod devcert;
+pub mod error;
+pub mod forward;
+pub mod healthcheck;
+pub mod server;
+pub mod signal;
+pub mod tls;

@@ -1,1 +1,157 @@
-fn main() {}
+//! The `proxy` binary: parses the configuration, starts logging, binds the listeners and hands
+//! them to the library; helper subcommands (`cert`, `healthcheck`) are dispatched here.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use proxy::config::{self, Cli, Command, ConfigError, LogFormat, Settings};
+use proxy::error::{StartError, EXIT_CONFIG};
+use proxy::server::{self, Proxy};
+use proxy::{cors, devcert, healthcheck, signal, tls};
+use tracing::{info, warn};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let cli = match config::parse(&argv, &signal::process_env()) {
+        Ok(cli) => cli,
+        Err(ConfigError::Cli(e)) if !e.use_stderr() => {
+            // --help and --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match &cli.command {
+        Some(Command::Cert(args)) => {
+            return match devcert::run(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("proxy cert: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        Some(Command::Healthcheck(args)) => return healthcheck::run_and_report(args),
+        Some(Command::Cors {
+            command: cors::explain::CorsCommand::Explain(args),
+        }) => {
+            // The effective policy: the same flags, environment and `.env` as the proxy's.
+            return match cors::Policy::from_args(&cli.cors) {
+                Ok((policy, warnings)) => {
+                    for warning in warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    print!("{}", cors::explain::run(args, &policy));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proxy: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            };
+        }
+        None => {}
+    }
+    match start(cli, argv) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
+    let settings = Settings::from_args(&cli.proxy)?;
+    init_tracing(settings.log_format);
+    let (policy, warnings) = cors::Policy::from_args(&cli.cors).map_err(ConfigError::from)?;
+    for warning in warnings {
+        warn!(%warning, "CORS configuration");
+    }
+    let store = tls::CertStore::load(&settings.tls_cert, &settings.tls_key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    store.info().log("startup");
+
+    // One worker per CPU this process may use (`available_parallelism` respects taskset/cgroups).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime)?;
+    runtime.block_on(async move {
+        let listener = bind("PROXY_LISTEN", settings.listen).await?;
+        let redirect = match settings.redirect_http {
+            Some(addr) => Some(bind("PROXY_REDIRECT_HTTP", addr).await?),
+            None => None,
+        };
+        info!(
+            upstream = %settings.upstream,
+            timeouts = ?settings.timeouts,
+            limits = ?settings.limits,
+            trusted_proxies = ?settings.trusted_proxies,
+            cors = ?policy,
+            hsts = settings.hsts.is_some(),
+            "configuration"
+        );
+        let shutdown = signal::shutdown().map_err(StartError::Runtime)?;
+        store.clone().watch(settings.timeouts.cert_watch_interval);
+        let reload_store = store.clone();
+        let proxy = Proxy::new(settings.clone(), policy, tls::server_config(store))
+            .with_cert_reloader(Box::new(move || {
+                reload_store
+                    .reload_logged("SIGHUP")
+                    .map(|_| ())
+                    .map_err(Into::into)
+            }));
+        let proxy = Arc::new(proxy);
+        signal::reload_on_sighup(proxy.clone(), argv).map_err(StartError::Runtime)?;
+
+        let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = redirect {
+            // The bound port, which differs from the setting when that asks for port 0.
+            let port = listener
+                .local_addr()
+                .map_or(settings.listen.port(), |a| a.port());
+            let timeout = settings.timeouts.header_read;
+            tokio::spawn(server::serve_redirect(
+                listener,
+                port,
+                timeout,
+                async move {
+                    let _ = redirect_stopped.await;
+                },
+            ));
+        }
+        let result = server::run(listener, proxy, shutdown).await;
+        let _ = stop_redirect.send(());
+        result.map_err(StartError::Runtime)
+    })
+}
+
+async fn bind(
+    setting: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            setting,
+            addr,
+            source,
+        })
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,142 @@
+//! Errors and the one place they map to HTTP statuses (requests) and exit codes (start-up).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::config::ConfigError;
+
+/// Exit code for configuration and start-up errors (`EX_USAGE` in sysexits.h).
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Why a request could not be answered by the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// Connecting failed: refused, unreachable, DNS, or the connect timeout.
+    #[error("upstream {upstream} unreachable: {source}")]
+    Unreachable {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The connection failed after the request was sent (reset, closed before a response).
+    #[error("upstream {upstream} failed: {source}")]
+    Upstream {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response head within the upstream response timeout.
+    #[error("upstream {upstream} sent no response within {timeout:?}")]
+    Timeout { upstream: String, timeout: Duration },
+    /// More header fields than `PROXY_MAX_HEADERS` (HTTP/1.1 is refused by hyper itself).
+    #[error("request has {count} header fields, more than the limit of {limit}")]
+    TooManyHeaders { count: usize, limit: usize },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Unreachable { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+
+    /// A short machine-readable cause for logs and JSON bodies.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            ProxyError::Unreachable { .. } => "upstream_unreachable",
+            ProxyError::Upstream { .. } => "upstream_connection_failed",
+            ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::TooManyHeaders { .. } => "too_many_headers",
+        }
+    }
+
+    /// The response sent to the client: a short body, JSON when the client asked for JSON. The
+    /// upstream's address stays in the log, not in the body.
+    pub fn to_response(&self, wants_json: bool) -> Response<Full<Bytes>> {
+        let status = self.status();
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let (body, content_type) = if wants_json {
+            let body = serde_json::json!({
+                "error": self.cause(),
+                "status": status.as_u16(),
+                "detail": reason,
+            });
+            (body.to_string(), "application/json")
+        } else {
+            (
+                format!("{} {reason}\n", status.as_u16()),
+                "text/plain; charset=utf-8",
+            )
+        };
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+/// Why a reload was refused (the old configuration keeps serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("certificates: {0}")]
+    Tls(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why the proxy could not start (all exit with [`EXIT_CONFIG`]).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("cannot listen on {addr} ({setting}): {source}")]
+    Bind {
+        setting: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl StartError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        EXIT_CONFIG
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_bodies() {
+        let timeout = ProxyError::Timeout {
+            upstream: "http://127.0.0.1:1".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        let json = timeout.to_response(true);
+        assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
+        let text = timeout.to_response(false);
+        assert_eq!(text.headers()[CONTENT_TYPE], "text/plain; charset=utf-8");
+        let too_many = ProxyError::TooManyHeaders { count: 3, limit: 2 };
+        assert_eq!(
+            too_many.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+}

@@ -1,0 +1,595 @@
+//! Forwarding to the upstream (RFC 9110 §7.6): hop-by-hop stripping both ways, `X-Forwarded-*`,
+//! `Forwarded` (RFC 7239) and `Via`, the one pooled upstream client, the retry of idempotent
+//! requests that met a stale pooled connection, and joining upgraded (WebSocket) connections.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::uri::{PathAndQuery, Uri};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::{Cidr, Limits, Timeouts, Upstream};
+use crate::error::ProxyError;
+
+/// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
+/// idempotent request be sent again on a fresh connection).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// The pooled upstream client. One per process; connections are reused across requests.
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Headers a client could use to impersonate another address or scheme to the app; removed
+/// unless the peer is a trusted proxy.
+static SPOOFABLE: [HeaderName; 3] = [
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+];
+
+/// Builds the pooled upstream client: HTTP/1.1, TCP_NODELAY, bounded connect time, idle
+/// connections closed before the backend's keep-alive would close them. DNS is resolved for
+/// every new connection, so a replaced container behind the same name is found.
+pub fn client(timeouts: &Timeouts, limits: &Limits) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(timeouts.upstream_connect));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(timeouts.upstream_idle)
+        .pool_max_idle_per_host(limits.upstream_max_idle)
+        // `Host` is the client's; never replace it with the upstream's address.
+        .set_host(false)
+        .build(connector)
+}
+
+/// The client connection's peer, with the header values derived from it once per connection.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// The peer's forwarding headers are kept (it is in `PROXY_TRUSTED_PROXIES`).
+    pub trusted: bool,
+    xff: HeaderValue,
+    forwarded_for: String,
+}
+
+impl Peer {
+    /// Describes a connection's peer.
+    pub fn new(ip: IpAddr, trusted_proxies: &[Cidr]) -> Peer {
+        let ip = ip.to_canonical();
+        let text = ip.to_string();
+        // RFC 7239 §6: IPv6 addresses are bracketed and quoted.
+        let forwarded_for = match ip {
+            IpAddr::V4(_) => format!("for={text}"),
+            IpAddr::V6(_) => format!("for=\"[{text}]\""),
+        };
+        Peer {
+            ip,
+            trusted: trusted_proxies.iter().any(|net| net.contains(ip)),
+            xff: HeaderValue::from_str(&text).expect("an IP address is a valid header value"),
+            forwarded_for,
+        }
+    }
+}
+
+/// Whether the request asks for a protocol upgrade (RFC 9110 §7.8): HTTP/1.1, `Upgrade`
+/// present and `Connection` naming it.
+pub fn is_upgrade_request(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names,
+/// `Keep-Alive`, `Proxy-Connection`, `TE` (except `trailers`), `Transfer-Encoding`, and
+/// `Upgrade` unless this message is part of an upgrade, in which case `Connection: upgrade`
+/// and `Upgrade` are kept.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        // Most clients send only `keep-alive`/`close`; collecting names allocates only when the
+        // header names something else.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim) {
+                let skip = token.is_empty()
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("upgrade");
+                if !skip {
+                    if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                        named.push(name);
+                    }
+                }
+            }
+        }
+        for name in &named {
+            // `Host` is end-to-end whatever a client claims; forwarding headers are set after
+            // stripping, so naming them here cannot remove the proxy's own values.
+            if name != header::HOST {
+                headers.remove(name);
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(header::TRANSFER_ENCODING);
+    if let Some(te) = headers.remove(header::TE) {
+        let trailers = te.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+        if trailers {
+            headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// Sets `X-Forwarded-For/Proto/Host`, `Forwarded` and `Via` on a request going upstream.
+///
+/// From an untrusted peer, incoming forwarding headers are replaced (a client cannot make the app
+/// believe it is someone else); from a trusted proxy they are kept and the peer is appended.
+/// `host` is the authority the client addressed.
+pub fn set_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: &Peer,
+    host: Option<&HeaderValue>,
+    version: Version,
+) {
+    let https = HeaderValue::from_static("https");
+    let element = forwarded_element(peer, host);
+    if peer.trusted {
+        let xff = match joined(headers, &X_FORWARDED_FOR) {
+            Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", peer.ip))
+                .unwrap_or(peer.xff.clone()),
+            None => peer.xff.clone(),
+        };
+        headers.insert(&X_FORWARDED_FOR, xff);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, https);
+        }
+        if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+            headers.insert(&X_FORWARDED_HOST, host.clone());
+        }
+        if let Some(element) = element {
+            headers.append(&FORWARDED, element);
+        }
+    } else {
+        for name in &SPOOFABLE {
+            headers.remove(name);
+        }
+        headers.insert(&X_FORWARDED_FOR, peer.xff.clone());
+        headers.insert(&X_FORWARDED_PROTO, https);
+        match host {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        match element {
+            Some(element) => headers.insert(&FORWARDED, element),
+            None => headers.remove(&FORWARDED),
+        };
+    }
+    // RFC 9110 §7.6.3: a gateway MUST send Via on requests it forwards; the pseudonym hides the
+    // proxy's host name. Responses get none (that is optional and would only advertise us).
+    let via = match version {
+        Version::HTTP_2 => "2 proxy",
+        Version::HTTP_10 => "1.0 proxy",
+        _ => "1.1 proxy",
+    };
+    headers.append(header::VIA, HeaderValue::from_static(via));
+}
+
+/// All values of a (list-valued) header joined with `, `.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out: Option<String> = None;
+    for value in headers.get_all(name) {
+        let Ok(value) = value.to_str() else { continue };
+        match &mut out {
+            Some(s) => {
+                s.push_str(", ");
+                s.push_str(value);
+            }
+            None => out = Some(value.to_owned()),
+        }
+    }
+    out
+}
+
+/// `for=...;host="...";proto=https` (RFC 7239 §4).
+fn forwarded_element(peer: &Peer, host: Option<&HeaderValue>) -> Option<HeaderValue> {
+    let host = host
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.contains(['"', '\\']));
+    let value = match host {
+        Some(host) => format!("{};host=\"{host}\";proto=https", peer.forwarded_for),
+        None => format!("{};proto=https", peer.forwarded_for),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 allows one, joined with `; `
+/// (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    if let Ok(value) = HeaderValue::from_str(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Methods that may be sent again when the connection failed before a response (RFC 9110 §9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// What an upstream exchange produced.
+pub struct Forwarded {
+    pub response: Response<Incoming>,
+    /// Time to the upstream's response head (both attempts, when retried).
+    pub upstream_time: Duration,
+}
+
+/// Forwards `req` to `upstream` and returns its response with hop-by-hop headers removed.
+///
+/// The response head must arrive within `timeouts.upstream_response` (else
+/// [`ProxyError::Timeout`]). An idempotent request without a body whose pooled connection failed
+/// before a response arrived is sent once more on a fresh connection. An accepted upgrade (101)
+/// joins the client and upstream connections in a spawned task.
+pub async fn forward(
+    client: &UpstreamClient,
+    upstream: &Upstream,
+    timeouts: &Timeouts,
+    peer: &Peer,
+    req: Request<Incoming>,
+) -> Result<Forwarded, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let upgrade = is_upgrade_request(parts.version, &parts.headers);
+    let client_upgrade = if upgrade {
+        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
+    } else {
+        None
+    };
+    prepare_parts(&mut parts, upstream, peer, upgrade);
+
+    let retry_parts = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream())
+        .then(|| clone_parts(&parts));
+    let body = if retry_parts.is_some() {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(body)
+    };
+
+    let start = Instant::now();
+    let deadline = start + timeouts.upstream_response;
+    let timeout_error = || ProxyError::Timeout {
+        upstream: upstream.to_string(),
+        timeout: timeouts.upstream_response,
+    };
+    let first = tokio::time::timeout_at(deadline, client.request(Request::from_parts(parts, body)))
+        .await
+        .map_err(|_| timeout_error())?;
+    let mut response = match (first, retry_parts) {
+        (Ok(response), _) => response,
+        (Err(e), Some(parts)) if !e.is_connect() => {
+            debug!(upstream = %upstream, error = %e, "retrying idempotent request on a fresh connection");
+            tokio::time::timeout_at(
+                deadline,
+                client.request(Request::from_parts(parts, Either::Right(Empty::new()))),
+            )
+            .await
+            .map_err(|_| timeout_error())?
+            .map_err(|e| upstream_error(upstream, e))?
+        }
+        (Err(e), _) => return Err(upstream_error(upstream, e)),
+    };
+    let upstream_time = start.elapsed();
+
+    // The client's connection has its own version; an HTTP/1.0 upstream must not downgrade it.
+    *response.version_mut() = Version::HTTP_11;
+    let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    strip_hop_by_hop(response.headers_mut(), upgraded);
+    if let (true, Some(client_upgrade)) = (upgraded, client_upgrade) {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(tunnel(
+            client_upgrade,
+            upstream_upgrade,
+            upstream.to_string(),
+        ));
+    }
+    Ok(Forwarded {
+        response,
+        upstream_time,
+    })
+}
+
+fn upstream_error(upstream: &Upstream, source: hyper_util::client::legacy::Error) -> ProxyError {
+    if source.is_connect() {
+        ProxyError::Unreachable {
+            upstream: upstream.to_string(),
+            source,
+        }
+    } else {
+        ProxyError::Upstream {
+            upstream: upstream.to_string(),
+            source,
+        }
+    }
+}
+
+/// Rewrites the request head for the upstream: its URI, version and headers.
+fn prepare_parts(parts: &mut Parts, upstream: &Upstream, peer: &Peer, upgrade: bool) {
+    let received = parts.version;
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    // HTTP/2 carries the authority in `:authority`; HTTP/1.1 upstreams need it as `Host`.
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(value) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    if received == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    let host = parts.headers.get(header::HOST).cloned();
+    set_forwarding_headers(&mut parts.headers, peer, host.as_ref(), received);
+
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(upstream.scheme.clone());
+    uri.authority = Some(upstream.authority.clone());
+    uri.path_and_query = Some(path);
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    parts.version = Version::HTTP_11;
+}
+
+fn clone_parts(parts: &Parts) -> Parts {
+    let (mut clone, ()) = Request::new(()).into_parts();
+    clone.method = parts.method.clone();
+    clone.uri = parts.uri.clone();
+    clone.version = parts.version;
+    clone.headers = parts.headers.clone();
+    clone
+}
+
+/// Copies bytes both ways between an upgraded client connection and the upstream's.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    upstream_name: String,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            warn!(upstream = %upstream_name, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((to_upstream, to_client)) => {
+            debug!(upstream = %upstream_name, to_upstream, to_client, "upgraded connection closed")
+        }
+        Err(e) => debug!(upstream = %upstream_name, error = %e, "upgraded connection failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn names(map: &HeaderMap) -> Vec<&str> {
+        let mut names: Vec<&str> = map.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names
+    }
+
+    #[test]
+    fn hop_by_hop_stripping() {
+        // (headers in, keep upgrade, header names left)
+        type Case<'a> = (&'a [(&'a str, &'a str)], bool, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                &[
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("accept", "*/*"),
+                ],
+                false,
+                &["accept"],
+            ),
+            (
+                &[
+                    ("Connection", "X-Secret, close"),
+                    ("x-secret", "1"),
+                    ("x-other", "2"),
+                ],
+                false,
+                &["x-other"],
+            ),
+            (
+                &[
+                    ("connection", "a"),
+                    ("connection", "b"),
+                    ("a", "1"),
+                    ("b", "2"),
+                ],
+                false,
+                &[],
+            ),
+            (
+                &[
+                    ("proxy-connection", "keep-alive"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                false,
+                &[],
+            ),
+            (&[("te", "gzip")], false, &[]),
+            (&[("te", "trailers, deflate")], false, &["te"]),
+            (&[("upgrade", "websocket")], false, &[]),
+            (
+                &[("connection", "Upgrade"), ("upgrade", "websocket")],
+                true,
+                &["connection", "upgrade"],
+            ),
+            (
+                &[
+                    ("connection", "upgrade, x-drop"),
+                    ("x-drop", "1"),
+                    ("upgrade", "websocket"),
+                ],
+                true,
+                &["connection", "upgrade"],
+            ),
+        ];
+        for (input, keep_upgrade, expected) in cases {
+            let mut map = headers(input);
+            strip_hop_by_hop(&mut map, *keep_upgrade);
+            assert_eq!(names(&map), *expected, "{input:?}");
+        }
+        let mut map = headers(&[("te", "trailers, deflate")]);
+        strip_hop_by_hop(&mut map, false);
+        assert_eq!(map["te"], "trailers");
+    }
+
+    #[test]
+    fn forwarding_headers_untrusted_peer_replaces() {
+        let peer = Peer::new("203.0.113.7".parse().unwrap(), &[]);
+        let mut map = headers(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+        ]);
+        let host = HeaderValue::from_static("app.example:8443");
+        set_forwarding_headers(&mut map, &peer, Some(&host), Version::HTTP_11);
+        assert_eq!(map["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(map.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(map["x-forwarded-proto"], "https");
+        assert_eq!(map["x-forwarded-host"], "app.example:8443");
+        assert_eq!(
+            map["forwarded"],
+            "for=203.0.113.7;host=\"app.example:8443\";proto=https"
+        );
+        assert!(!map.contains_key("x-real-ip"));
+        assert_eq!(map["via"], "1.1 proxy");
+    }
+
+    #[test]
+    fn forwarding_headers_trusted_peer_appends() {
+        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
+        let peer = Peer::new("10.1.1.1".parse().unwrap(), &trusted);
+        let mut map = headers(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "front.example"),
+            ("forwarded", "for=198.51.100.1"),
+            ("via", "1.1 front"),
+        ]);
+        set_forwarding_headers(&mut map, &peer, None, Version::HTTP_2);
+        assert_eq!(
+            map["x-forwarded-for"],
+            "198.51.100.1, 198.51.100.2, 10.1.1.1"
+        );
+        assert_eq!(map["x-forwarded-host"], "front.example");
+        let forwarded: Vec<_> = map.get_all("forwarded").iter().collect();
+        assert_eq!(forwarded, ["for=198.51.100.1", "for=10.1.1.1;proto=https"]);
+        let via: Vec<_> = map.get_all("via").iter().collect();
+        assert_eq!(via, ["1.1 front", "2 proxy"]);
+    }
+
+    #[test]
+    fn ipv6_peer_is_quoted_in_forwarded() {
+        let peer = Peer::new("2001:db8::1".parse().unwrap(), &[]);
+        let mut map = HeaderMap::new();
+        set_forwarding_headers(&mut map, &peer, None, Version::HTTP_11);
+        assert_eq!(map["forwarded"], "for=\"[2001:db8::1]\";proto=https");
+        assert_eq!(map["x-forwarded-for"], "2001:db8::1");
+        let mapped = Peer::new("::ffff:192.0.2.1".parse().unwrap(), &[]);
+        assert_eq!(mapped.ip.to_string(), "192.0.2.1");
+    }
+
+    #[test]
+    fn upgrade_detection_and_cookie_join() {
+        let up = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(is_upgrade_request(Version::HTTP_11, &up));
+        assert!(!is_upgrade_request(Version::HTTP_2, &up));
+        assert!(!is_upgrade_request(
+            Version::HTTP_11,
+            &headers(&[("upgrade", "websocket")])
+        ));
+
+        let mut cookies = headers(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut cookies);
+        assert_eq!(cookies["cookie"], "a=1; b=2");
+        assert_eq!(cookies.get_all("cookie").iter().count(), 1);
+    }
+}

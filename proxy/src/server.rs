@@ -1,0 +1,617 @@
+//! The server: accept loop, TLS handshake, HTTP/1.1 + HTTP/2 connections, the per-request path
+//! (CORS verdict → forward → response headers → access log), graceful shutdown, configuration
+//! reload, and the optional plain-HTTP redirect listener.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::config::{self, Settings, Timeouts, Upstream};
+use crate::cors::{self, Policy, RequestInfo, Verdict};
+use crate::error::{ProxyError, ReloadError};
+use crate::forward::{self, Peer, UpstreamClient};
+
+/// Reloads the TLS material (wired to `tls::CertStore::reload` by `main`); on error the old pair
+/// must keep serving.
+pub type CertReloader =
+    Box<dyn Fn() -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
+/// The parts of the configuration that a reload swaps atomically, together.
+#[derive(Debug)]
+pub struct Live {
+    pub upstream: Upstream,
+    pub cors: Policy,
+}
+
+/// Everything the server shares between connections. Requests read the live configuration
+/// through an `ArcSwap` (no lock on the request path).
+pub struct Proxy {
+    settings: Settings,
+    live: ArcSwap<Live>,
+    client: UpstreamClient,
+    tls: Arc<rustls::ServerConfig>,
+    cert_reloader: Option<CertReloader>,
+}
+
+impl Proxy {
+    /// Builds the shared state. `tls` should resolve certificates through the reloadable store.
+    pub fn new(settings: Settings, cors: Policy, tls: Arc<rustls::ServerConfig>) -> Proxy {
+        let client = forward::client(&settings.timeouts, &settings.limits);
+        let live = ArcSwap::from_pointee(Live {
+            upstream: settings.upstream.clone(),
+            cors,
+        });
+        Proxy {
+            settings,
+            live,
+            client,
+            tls,
+            cert_reloader: None,
+        }
+    }
+
+    /// Sets what a reload calls to reload the certificates.
+    pub fn with_cert_reloader(mut self, reloader: CertReloader) -> Proxy {
+        self.cert_reloader = Some(reloader);
+        self
+    }
+
+    /// The settings the proxy started with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The configuration in effect now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Reads the configuration again from the same sources (`argv`, the env file, `env`),
+    /// validates all of it, reloads the certificates, and only then swaps upstream and CORS
+    /// policy together. Any failure leaves everything as it was.
+    ///
+    /// Listen addresses, timeouts, limits and certificate paths need a restart; a change to
+    /// them is logged and ignored.
+    pub fn reload(
+        &self,
+        argv: &[OsString],
+        env: &HashMap<String, String>,
+    ) -> Result<(), ReloadError> {
+        let cli = config::parse(argv, env)?;
+        let settings = Settings::from_args(&cli.proxy)?;
+        let (cors, warnings) = Policy::from_args(&cli.cors).map_err(config::ConfigError::from)?;
+        if let Some(reload_certs) = &self.cert_reloader {
+            reload_certs().map_err(ReloadError::Tls)?;
+        }
+        for warning in warnings {
+            warn!(%warning, "CORS configuration");
+        }
+        let fixed = &self.settings;
+        if settings.listen != fixed.listen
+            || settings.redirect_http != fixed.redirect_http
+            || settings.timeouts != fixed.timeouts
+            || settings.limits != fixed.limits
+            || settings.tls_cert != fixed.tls_cert
+            || settings.tls_key != fixed.tls_key
+            || settings.trusted_proxies != fixed.trusted_proxies
+            || settings.hsts != fixed.hsts
+        {
+            warn!("only the upstream, the CORS policy and the certificates reload; other changed settings need a restart");
+        }
+        info!(upstream = %settings.upstream, cors = ?cors, "configuration reloaded");
+        self.live.store(Arc::new(Live {
+            upstream: settings.upstream,
+            cors,
+        }));
+        Ok(())
+    }
+}
+
+/// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight requests finish within the shutdown grace period, and returns.
+pub async fn run(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let settings = &proxy.settings;
+    let builder = Arc::new(connection_builder(settings));
+    let acceptor = tokio_rustls::TlsAcceptor::from(proxy.tls.clone());
+    let max_connections = settings.limits.max_connections;
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let addr = listener.local_addr()?;
+    info!(%addr, upstream = %proxy.live().upstream, "listening (https)");
+
+    tokio::pin!(shutdown);
+    loop {
+        // Waiting for a permit before accepting keeps surplus clients in the kernel's backlog.
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let span =
+            info_span!("conn", %peer, tls = tracing::field::Empty, alpn = tracing::field::Empty);
+        let connection = serve_connection(
+            tcp,
+            peer,
+            proxy.clone(),
+            acceptor.clone(),
+            builder.clone(),
+            stop_rx.clone(),
+            permit,
+        );
+        tokio::spawn(connection.instrument(span));
+    }
+
+    drop(listener);
+    let grace = settings.timeouts.shutdown_grace;
+    let open = max_connections - connections.available_permits();
+    info!(open_connections = open, grace = ?grace, "shutting down: draining connections");
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, connections.acquire_many(all)).await {
+        Ok(_) => info!("shutdown complete: all connections drained"),
+        Err(_) => warn!(
+            cut = max_connections - connections.available_permits(),
+            "shutdown grace period over: closing remaining connections"
+        ),
+    }
+    Ok(())
+}
+
+fn connection_builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
+    let limits = &settings.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.timeouts.header_read)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Per-connection state shared by its requests.
+struct Connection {
+    proxy: Arc<Proxy>,
+    peer_addr: SocketAddr,
+    peer: Peer,
+    /// Requests whose response has not finished; the idle timer runs only at zero.
+    in_flight: AtomicUsize,
+    /// Whether any request arrived yet: until one does, the header-read timeout bounds the wait
+    /// (hyper-util reads the protocol preface without a timer of its own).
+    started: AtomicBool,
+    /// When the last request finished, in milliseconds since `opened`.
+    idle_since_ms: AtomicU64,
+    opened: Instant,
+}
+
+impl Connection {
+    fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if !self.started.load(Ordering::Relaxed) {
+            self.started.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn request_finished(&self) {
+        self.idle_since_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// When this connection is to be closed as idle, or `None` while a request is in flight.
+    fn idle_deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+        if !self.started.load(Ordering::Relaxed) {
+            return Some(self.opened + timeouts.header_read.min(timeouts.client_idle));
+        }
+        if self.in_flight.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some(self.opened + since + timeouts.client_idle)
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    mut stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "TCP_NODELAY failed");
+    }
+    let timeouts = proxy.settings.timeouts;
+    let tls = match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(phase = "tls_handshake", error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(phase = "tls_handshake", timeout = ?timeouts.tls_handshake, "TLS handshake timed out");
+            return;
+        }
+    };
+    {
+        let (_, session) = tls.get_ref();
+        let span = tracing::Span::current();
+        if let Some(version) = session.protocol_version() {
+            span.record("tls", tracing::field::debug(version));
+        }
+        if let Some(alpn) = session.alpn_protocol() {
+            span.record("alpn", String::from_utf8_lossy(alpn).as_ref());
+        }
+    }
+
+    let opened = Instant::now();
+    let conn = Arc::new(Connection {
+        peer: Peer::new(peer_addr.ip(), &proxy.settings.trusted_proxies),
+        proxy,
+        peer_addr,
+        in_flight: AtomicUsize::new(0),
+        started: AtomicBool::new(false),
+        idle_since_ms: AtomicU64::new(0),
+        opened,
+    });
+    let service = {
+        let conn = conn.clone();
+        service_fn(move |req| handle(conn.clone(), req))
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    tokio::pin!(connection);
+
+    let mut stopping = *stop.borrow();
+    if stopping {
+        connection.as_mut().graceful_shutdown();
+    }
+    let idle = timeouts.client_idle;
+    let mut idle_check = opened + timeouts.header_read.min(idle);
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            changed = stop.changed(), if !stopping => {
+                // A closed channel means the server is gone: stop as well.
+                let _ = changed;
+                stopping = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(idle_check), if !stopping => {
+                match conn.idle_deadline(&timeouts) {
+                    Some(deadline) if deadline <= Instant::now() => {
+                        debug!(phase = "client_idle", "closing idle connection");
+                        stopping = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    Some(deadline) => idle_check = deadline,
+                    None => idle_check = Instant::now() + idle,
+                }
+            }
+        }
+    }
+}
+
+/// Whether the client asked for a JSON answer (`Accept` or the original app's
+/// `x-expected-format`).
+fn wants_json(headers: &HeaderMap) -> bool {
+    static EXPECTED_FORMAT: header::HeaderName =
+        header::HeaderName::from_static("x-expected-format");
+    let mentions_json = |name: &header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"))
+    };
+    mentions_json(&EXPECTED_FORMAT) || mentions_json(&header::ACCEPT)
+}
+
+/// The body of every response the proxy sends: the upstream's stream or a proxy-made body,
+/// counting bytes and writing the access-log line when it ends or is dropped.
+pub struct ProxyBody {
+    inner: Either<Incoming, Full<Bytes>>,
+    log: AccessLog,
+}
+
+struct AccessLog {
+    conn: Arc<Connection>,
+    method: Method,
+    uri: Uri,
+    status: StatusCode,
+    bytes: u64,
+    start: Instant,
+    upstream_time: Option<Duration>,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.conn.request_finished();
+        info!(
+            target: "access",
+            peer = %self.conn.peer_addr,
+            method = %self.method,
+            path = self.uri.path(),
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.log.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+async fn handle(
+    conn: Arc<Connection>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    conn.request_started();
+    let mut log = AccessLog {
+        conn: conn.clone(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        // Logged as is when the client goes away before a response exists (nginx's 499).
+        status: StatusCode::from_u16(499).expect("499 is in range"),
+        bytes: 0,
+        start,
+        upstream_time: None,
+    };
+    let proxy = &conn.proxy;
+    let json = wants_json(req.headers());
+
+    let limit = proxy.settings.limits.max_headers;
+    let (verdict, upstream) = {
+        let live = proxy.live.load();
+        let info = RequestInfo {
+            method: req.method(),
+            headers: req.headers(),
+            path: req.uri().path(),
+            authority: req.uri().authority().map(|a| a.as_str()).or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            }),
+        };
+        (cors::evaluate(&live.cors, &info), live.upstream.clone())
+    };
+
+    let (mut response, cors) = match verdict {
+        Verdict::Respond(response) => (response.map(|b| Either::Right(Full::new(b))), None),
+        Verdict::Forward(cors) => {
+            let result = if req.headers().len() > limit {
+                // HTTP/1.1 is held to the limit by hyper; HTTP/2 only by the header list size.
+                Err(ProxyError::TooManyHeaders {
+                    count: req.headers().len(),
+                    limit,
+                })
+            } else {
+                forward::forward(
+                    &proxy.client,
+                    &upstream,
+                    &proxy.settings.timeouts,
+                    &conn.peer,
+                    req,
+                )
+                .await
+            };
+            let response = match result {
+                Ok(forwarded) => {
+                    log.upstream_time = Some(forwarded.upstream_time);
+                    forwarded.response.map(Either::Left)
+                }
+                Err(e) => {
+                    warn!(upstream = %upstream, cause = e.cause(), error = %e, "request failed");
+                    e.to_response(json).map(Either::Right)
+                }
+            };
+            (response, Some(cors))
+        }
+    };
+    if let Some(cors) = cors {
+        cors.apply(response.headers_mut());
+    }
+    if let Some(hsts) = &proxy.settings.hsts {
+        response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+    log.status = response.status();
+    Ok(response.map(|inner| ProxyBody { inner, log }))
+}
+
+/// Answers every plain-HTTP request with `308 Permanent Redirect` to the same host and path on
+/// https at `https_port`, until `shutdown` resolves.
+pub async fn serve_redirect(
+    listener: TcpListener,
+    https_port: u16,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    info!(addr = %listener.local_addr()?, https_port, "listening (http redirect)");
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    warn!(error = %e, "accept failed (redirect listener)");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return Ok(()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let service =
+            service_fn(move |req| async move { Ok::<_, Infallible>(redirect(&req, https_port)) });
+        let connection = builder.serve_connection(TokioIo::new(tcp), service);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!(%peer, error = %e, "redirect connection failed");
+            }
+        });
+    }
+}
+
+/// The redirect for one plain-HTTP request (400 without a usable `Host`).
+pub fn redirect<B>(req: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
+    let Some(host) = host else {
+        let mut response =
+            Response::new(Full::new(Bytes::from_static(b"400 Bad Request: no Host\n")));
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return response;
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{}{path}", host.host())
+    } else {
+        format!("https://{}:{https_port}{path}", host.host())
+    };
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    match HeaderValue::from_str(&location) {
+        Ok(location) => {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Err(e) => {
+            error!(error = %e, "unusable redirect location");
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_locations() {
+        let cases = [
+            (
+                "example.com",
+                "/a?b=1",
+                8443,
+                Some("https://example.com:8443/a?b=1"),
+            ),
+            ("example.com:80", "/", 443, Some("https://example.com/")),
+            ("[::1]:8080", "/x", 8443, Some("https://[::1]:8443/x")),
+            ("", "/", 443, None),
+        ];
+        for (host, path, port, expected) in cases {
+            let mut req = Request::builder().uri(path);
+            if !host.is_empty() {
+                req = req.header(header::HOST, host);
+            }
+            let response = redirect(&req.body(()).unwrap(), port);
+            match expected {
+                Some(location) => {
+                    assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+                    assert_eq!(response.headers()[header::LOCATION], location);
+                }
+                None => assert_eq!(response.status(), StatusCode::BAD_REQUEST),
+            }
+        }
+    }
+
+    #[test]
+    fn json_detection() {
+        let mut headers = HeaderMap::new();
+        assert!(!wants_json(&headers));
+        headers.insert(
+            "x-expected-format",
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(wants_json(&headers));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, */*"),
+        );
+        assert!(wants_json(&headers));
+    }
+}

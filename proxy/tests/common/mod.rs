@@ -1,0 +1,459 @@
+//! Shared integration-test support: a test CA and server certificate made at run time (rcgen), a
+//! rustls client config trusting it, a recording plain-HTTP test upstream, a proxy started on
+//! 127.0.0.1:0, and TLS HTTP/1.1 and HTTP/2 client helpers. Other test files may append helpers.
+
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use proxy::config::{self, Settings};
+use proxy::server::{self, Proxy};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_rustls::client::TlsStream;
+
+/// A test CA, a server certificate it signed (for `localhost` and `127.0.0.1`), the pair written
+/// to a temporary directory, and a client config that trusts the CA.
+pub struct TestPki {
+    pub dir: PathBuf,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub ca_der: rustls::pki_types::CertificateDer<'static>,
+    pub client_config: Arc<rustls::ClientConfig>,
+    ca_params_key: (rcgen::Certificate, KeyPair),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A fresh, unique temporary directory.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("proxy-test-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+impl TestPki {
+    /// Makes a CA and a server certificate, writes `cert.pem`/`key.pem` into a new temp dir.
+    pub fn new() -> TestPki {
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "proxy test CA");
+        let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
+
+        let dir = temp_dir("pki");
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).expect("trust CA");
+        let client_config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let pki = TestPki {
+            dir,
+            cert_path,
+            key_path,
+            ca_der: ca_cert.der().clone(),
+            client_config: Arc::new(client_config),
+            ca_params_key: (ca_cert, ca_key),
+        };
+        pki.write_server_pair("localhost");
+        pki
+    }
+
+    /// Issues a new server certificate (CN `common_name`, SANs localhost and 127.0.0.1) from the
+    /// CA and writes it over `cert.pem`/`key.pem`; returns the certificate's DER.
+    pub fn write_server_pair(&self, common_name: &str) -> Vec<u8> {
+        let key = KeyPair::generate().expect("server key");
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let (ca_cert, ca_key) = &self.ca_params_key;
+        let cert = params.signed_by(&key, ca_cert, ca_key).expect("sign");
+        std::fs::write(&self.cert_path, cert.pem()).expect("write cert");
+        std::fs::write(&self.key_path, key.serialize_pem()).expect("write key");
+        cert.der().to_vec()
+    }
+
+    /// The client config with the given ALPN protocols.
+    pub fn client_config_alpn(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut config = (*self.client_config).clone();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// The command line a test proxy is configured from: no env file, the test pair, `extra` last.
+pub fn proxy_argv(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> Vec<OsString> {
+    let upstream = format!("http://{upstream}");
+    let mut argv: Vec<OsString> = [
+        "proxy",
+        "--env-file",
+        "/dev/null",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        upstream.as_str(),
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    argv.extend([
+        OsString::from("--tls-cert"),
+        pki.cert_path.clone().into_os_string(),
+        OsString::from("--tls-key"),
+        pki.key_path.clone().into_os_string(),
+    ]);
+    argv.extend(extra.iter().map(OsString::from));
+    argv
+}
+
+/// A proxy serving on 127.0.0.1 with a real `run()`.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub argv: Vec<OsString>,
+    pub store: Arc<proxy::tls::CertStore>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestProxy {
+    /// Starts a proxy in front of `upstream`; `extra` are further flags.
+    pub async fn start(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> TestProxy {
+        let argv = proxy_argv(pki, upstream, extra);
+        let cli = config::parse(&argv, &HashMap::new()).expect("test configuration parses");
+        let settings = Settings::from_args(&cli.proxy).expect("test settings are valid");
+        let (policy, _) = proxy::cors::Policy::from_args(&cli.cors).expect("CORS policy");
+        let store = proxy::tls::CertStore::load(&settings.tls_cert, &settings.tls_key)
+            .expect("test pair loads");
+        let reload_store = store.clone();
+        let proxy = Arc::new(
+            Proxy::new(settings, policy, proxy::tls::server_config(store.clone()))
+                .with_cert_reloader(Box::new(move || {
+                    reload_store.reload().map(|_| ()).map_err(Into::into)
+                })),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::run(listener, proxy.clone(), async move {
+            let _ = stopped.await;
+        }));
+        TestProxy {
+            addr,
+            proxy,
+            argv,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Triggers the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Triggers the graceful shutdown and waits until `run()` returns.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
+        if let Some(task) = self.task.take() {
+            task.await.expect("run() did not panic").expect("run() ok");
+        }
+    }
+
+    /// Waits for `run()` to return after [`Self::begin_shutdown`].
+    pub async fn join(mut self) {
+        if let Some(task) = self.task.take() {
+            task.await.expect("run() did not panic").expect("run() ok");
+        }
+    }
+}
+
+/// What the test upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A plain-HTTP/1.1 upstream that records every request head. Routes:
+/// - `/echo`: streams the request body back;
+/// - `/bytes/N`: streams N bytes;
+/// - `/hang`: never answers;
+/// - `/sleep/MS`: answers after MS milliseconds;
+/// - `/ws`: accepts an upgrade (101) and echoes bytes on the upgraded connection;
+/// - anything else: 200 `hello` with hop-by-hop headers the proxy must strip.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Number of TCP connections accepted.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Notified (one permit per request) whenever a request head has been recorded.
+    pub arrived: Arc<tokio::sync::Notify>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TestUpstream {
+    /// Binds 127.0.0.1:0 and serves.
+    pub async fn start() -> TestUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        TestUpstream::serve(listener)
+    }
+
+    /// Serves on an already bound listener.
+    pub fn serve(listener: TcpListener) -> TestUpstream {
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let task = {
+            let seen = seen.clone();
+            let arrived = arrived.clone();
+            let connections = connections.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let seen = seen.clone();
+                    let arrived = arrived.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(move |req| {
+                            upstream_service(req, seen.clone(), arrived.clone())
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .with_upgrades()
+                            .await;
+                    });
+                }
+            })
+        };
+        TestUpstream {
+            addr,
+            seen,
+            connections,
+            arrived,
+            task,
+        }
+    }
+
+    /// Request heads received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// The last request head received.
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream received a request")
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> UpstreamBody {
+    Full::new(body.into()).map_err(|e| match e {}).boxed()
+}
+
+async fn upstream_service(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    arrived: Arc<tokio::sync::Notify>,
+) -> Result<Response<UpstreamBody>, Infallible> {
+    seen.lock().expect("lock").push(Seen {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    arrived.notify_one();
+    let path = req.uri().path().to_owned();
+    let response = if path == "/echo" {
+        Response::new(req.into_body().map_err(Into::into).boxed())
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().expect("byte count");
+        Response::new(Repeat { remaining: n }.boxed())
+    } else if path == "/hang" {
+        std::future::pending::<()>().await;
+        unreachable!()
+    } else if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().expect("ms"))).await;
+        Response::new(full("slept"))
+    } else if path == "/ws" {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(full(Bytes::new()))
+            .expect("101")
+    } else {
+        Response::builder()
+            .header("connection", "x-hop")
+            .header("x-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-end", "1")
+            .body(full("hello"))
+            .expect("200")
+    };
+    Ok(response)
+}
+
+/// A body of `remaining` bytes, sent in 64 KiB chunks of one shared buffer.
+pub struct Repeat {
+    pub remaining: u64,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+fn chunk() -> Bytes {
+    static DATA: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>()))
+        .clone()
+}
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(chunk().slice(..n as usize)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+/// Opens a TLS connection to the proxy (SNI `localhost`) offering `alpn`.
+pub async fn tls_connect(
+    pki: &TestPki,
+    addr: SocketAddr,
+    alpn: &[&[u8]],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config_alpn(alpn));
+    connector
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+}
+
+/// An HTTP/1.1-over-TLS client connection to the proxy.
+pub async fn h1<B>(pki: &TestPki, addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_connect(pki, addr, &[b"http/1.1"]).await.expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+/// An HTTP/2-over-TLS client connection to the proxy (ALPN `h2`).
+pub async fn h2<B>(pki: &TestPki, addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_connect(pki, addr, &[b"h2"]).await.expect("TLS");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// A GET request with `Host: localhost` (HTTP/1.1) for `path`.
+pub fn get(path: &str) -> Request<Empty<Bytes>> {
+    Request::builder()
+        .uri(path)
+        .header("host", "localhost")
+        .body(Empty::new())
+        .expect("request")
+}
+
+/// Status, headers and the whole body of a response.
+pub async fn collect(response: Response<Incoming>) -> (StatusCode, HeaderMap, Bytes) {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+/// A loopback address nothing listens on (bound, then released).
+pub async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}

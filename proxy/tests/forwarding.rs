@@ -1,0 +1,377 @@
+//! Forwarding through a real proxy over real TLS: HTTP/1.1 and HTTP/2, forwarded headers,
+//! hop-by-hop stripping, upgrades, HSTS, and the error statuses (502, 504, recovery, retry).
+
+mod common;
+
+use bytes::Bytes;
+use common::{collect, get, h1, h2, TestPki, TestProxy, TestUpstream};
+use http::{Request, StatusCode, Version};
+use http_body_util::Empty;
+
+#[tokio::test]
+async fn http1_and_http2_reach_the_upstream() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
+
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let (status, _, body) = collect(client.send_request(get("/h1?q=1")).await.unwrap()).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    let seen = upstream.last();
+    assert_eq!(seen.uri.to_string(), "/h1?q=1");
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.headers["host"], "localhost");
+
+    let mut client = h2::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .version(Version::HTTP_2)
+        .uri(format!("https://localhost:{}/h2", proxy.addr.port()))
+        .body(Empty::new())
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    let (status, _, body) = collect(response).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    let seen = upstream.last();
+    assert_eq!(seen.uri.to_string(), "/h2");
+    assert_eq!(seen.version, Version::HTTP_11);
+    // `:authority` becomes `Host`.
+    assert_eq!(
+        seen.headers["host"],
+        format!("localhost:{}", proxy.addr.port())
+    );
+    assert_eq!(seen.headers["via"], "2 proxy");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn spoofed_forwarding_headers_are_replaced() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .uri("/who")
+        .header("host", "app.example:8443")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-host", "evil.example")
+        .header("forwarded", "for=6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .body(Empty::new())
+        .unwrap();
+    let (status, _, _) = collect(client.send_request(request).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.last().headers;
+    assert_eq!(
+        seen.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+        ["127.0.0.1"]
+    );
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-forwarded-host"], "app.example:8443");
+    assert_eq!(seen["host"], "app.example:8443");
+    assert_eq!(
+        seen.get_all("forwarded").iter().collect::<Vec<_>>(),
+        ["for=127.0.0.1;host=\"app.example:8443\";proto=https"]
+    );
+    assert!(!seen.contains_key("x-real-ip"));
+    assert_eq!(seen["via"], "1.1 proxy");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn trusted_peer_forwarding_headers_are_kept() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--trusted-proxies", "127.0.0.0/8"]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .uri("/who")
+        .header("host", "localhost")
+        .header("x-forwarded-for", "198.51.100.9")
+        .header("x-forwarded-host", "front.example")
+        .body(Empty::new())
+        .unwrap();
+    collect(client.send_request(request).await.unwrap()).await;
+    let seen = upstream.last().headers;
+    assert_eq!(seen["x-forwarded-for"], "198.51.100.9, 127.0.0.1");
+    assert_eq!(seen["x-forwarded-host"], "front.example");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_both_ways() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .uri("/hop")
+        .header("host", "localhost")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "1")
+        .header("keep-alive", "timeout=30")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers, gzip")
+        .header("upgrade", "h2c")
+        .header("x-end-to-end", "kept")
+        .body(Empty::new())
+        .unwrap();
+    let (status, headers, _) = collect(client.send_request(request).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = upstream.last().headers;
+    for name in [
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "transfer-encoding",
+    ] {
+        assert!(!seen.contains_key(name), "{name} reached the upstream");
+    }
+    // The upstream client may add its own `connection` for its pooled connection, never ours.
+    assert!(seen
+        .get_all("connection")
+        .iter()
+        .all(|v| !v.to_str().unwrap().contains("x-secret")));
+    assert_eq!(seen["te"], "trailers");
+    assert_eq!(seen["x-end-to-end"], "kept");
+
+    assert!(
+        !headers.contains_key("x-hop"),
+        "a header named by the upstream's Connection leaked"
+    );
+    assert!(!headers.contains_key("keep-alive"));
+    assert_eq!(headers["x-end"], "1");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn upgrade_is_joined_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .uri("/ws")
+        .header("host", "localhost")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(Empty::new())
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    let seen = upstream.last().headers;
+    assert_eq!(seen["upgrade"], "websocket");
+    assert_eq!(seen["connection"], "upgrade");
+
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .expect("client side upgraded");
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    for message in [&b"ping"[..], &b"a second message"[..]] {
+        io.write_all(message).await.unwrap();
+        let mut echoed = vec![0; message.len()];
+        io.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(echoed, message);
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_recovers() {
+    let pki = TestPki::new();
+    let down = common::closed_port().await;
+    let proxy = TestProxy::start(&pki, down, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+
+    let (status, headers, body) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(&body[..], b"502 Bad Gateway\n");
+
+    let request = Request::builder()
+        .uri("/")
+        .header("host", "localhost")
+        .header("x-expected-format", "application/json")
+        .body(Empty::new())
+        .unwrap();
+    let (status, headers, body) = collect(client.send_request(request).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "upstream_unreachable");
+
+    // The backend comes back on the same address: the next request succeeds.
+    let listener = tokio::net::TcpListener::bind(down)
+        .await
+        .expect("rebind the upstream port");
+    let upstream = TestUpstream::serve(listener);
+    let (status, _, body) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    drop(upstream);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn hung_upstream_is_504() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &["--upstream-response-timeout", "300ms"],
+    )
+    .await;
+    let mut client = h2::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .uri(format!("https://localhost:{}/hang", proxy.addr.port()))
+        .header("accept", "application/json")
+        .body(Empty::new())
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, headers, body) = collect(client.send_request(request).await.unwrap()).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(headers["content-type"], "application/json");
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "upstream_timeout");
+
+    // The same connection keeps working for a request the upstream answers.
+    let request = Request::builder()
+        .uri(format!("https://localhost:{}/ok", proxy.addr.port()))
+        .body(Empty::new())
+        .unwrap();
+    let (status, _, _) = collect(client.send_request(request).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.shutdown().await;
+}
+
+/// A raw upstream whose first connection answers one request with keep-alive, then closes as the
+/// second request arrives (the race a pooled connection meets when the backend's keep-alive
+/// expires); later connections answer normally.
+async fn flaky_keepalive_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        while !buf.ends_with(b"\r\n\r\n") {
+            match tcp.read(&mut byte).await {
+                Ok(1) => buf.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let stale = std::mem::replace(&mut first, false);
+            tokio::spawn(async move {
+                while read_head(&mut tcp).await {
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    if stale {
+                        // Wait for the next request, then drop the connection unanswered.
+                        read_head(&mut tcp).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn stale_pooled_connection_is_retried_for_idempotent_requests() {
+    let pki = TestPki::new();
+    let upstream = flaky_keepalive_upstream().await;
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    for _ in 0..2 {
+        let (status, _, body) = collect(client.send_request(get("/")).await.unwrap()).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    proxy.shutdown().await;
+
+    // A POST is not idempotent: the same failure is a 502, never a silent second delivery.
+    let upstream = flaky_keepalive_upstream().await;
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let post = || {
+        Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("host", "localhost")
+            .body(Empty::new())
+            .unwrap()
+    };
+    let (status, _, _) = collect(client.send_request(post()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = collect(client.send_request(post()).await.unwrap()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn hsts_is_added_when_enabled() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--hsts", "31536000"]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let (_, headers, _) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(headers["strict-transport-security"], "max-age=31536000");
+    proxy.shutdown().await;
+
+    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let (_, headers, _) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert!(!headers.contains_key("strict-transport-security"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_http_listener_redirects_to_https() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(proxy::server::serve_redirect(
+        listener,
+        8443,
+        std::time::Duration::from_secs(5),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .uri("/login?next=%2F")
+        .header("host", "example.com:8080")
+        .body(Empty::new())
+        .unwrap();
+    let (status, headers, _) = collect(client.send_request(request).await.unwrap()).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        headers["location"],
+        "https://example.com:8443/login?next=%2F"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}

@@ -1,0 +1,215 @@
+//! The `proxy` binary as a process: start-up errors exit 64 naming the setting; a running proxy
+//! reads `.env`, serves HTTPS and the plain-HTTP redirect, reloads its certificate on SIGHUP and
+//! exits 0 after SIGTERM.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{collect, get, h1, TestPki, TestUpstream};
+use http::StatusCode;
+use http_body_util::Empty;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxy");
+
+/// Runs the binary to completion with a clean environment, in `dir`.
+fn run_to_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run proxy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn start_up_errors_exit_64_and_name_the_setting() {
+    let pki = TestPki::new();
+    let dir = common::temp_dir("startup");
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = occupied.local_addr().unwrap().to_string();
+    let cert = pki.cert_path.to_str().unwrap();
+    let key = pki.key_path.to_str().unwrap();
+    // (flags, environment, text the error must contain)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["--env-file", "missing.env"], &[], "missing.env"),
+        (
+            &[],
+            &[("PROXY_ENV_FILE", "also-missing.env")],
+            "also-missing.env",
+        ),
+        (&["--upstream", "https://app:8000"], &[], "PROXY_UPSTREAM"),
+        (&[], &[("PROXY_LISTEN", "nonsense")], "PROXY_LISTEN"),
+        (
+            &["--upstream-response-timeout", "soon"],
+            &[],
+            "PROXY_UPSTREAM_RESPONSE_TIMEOUT",
+        ),
+        (&["--max-connections", "many"], &[], "--max-connections"),
+        (&["--no-such-flag"], &[], "--no-such-flag"),
+        (&["--tls-cert", "nope/cert.pem"], &[], "nope/cert.pem"),
+        (
+            &["--tls-cert", cert, "--tls-key", key, "--listen", &busy],
+            &[],
+            &busy,
+        ),
+    ];
+    for (args, env, needle) in cases {
+        let (code, output) = run_to_exit(&dir, args, env);
+        assert_eq!(code, 64, "{args:?} {env:?}: {output}");
+        assert!(
+            output.contains(needle),
+            "{args:?} {env:?}: {needle} not in {output}"
+        );
+    }
+    let (code, output) = run_to_exit(&dir, &["--help"], &[]);
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("PROXY_UPSTREAM"), "{output}");
+}
+
+/// A running `proxy` process and the address it reported.
+struct Running {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    /// The plain-HTTP redirect listener's address.
+    redirect: std::net::SocketAddr,
+}
+
+async fn spawn_proxy(dir: &Path, env: &[(&str, &str)]) -> Running {
+    let mut child = tokio::process::Command::new(BIN)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("LOG_FORMAT", "json")
+        .env("PROXY_LISTEN", "127.0.0.1:0")
+        .env("PROXY_REDIRECT_HTTP", "127.0.0.1:0")
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn proxy");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (addr, redirect) = tokio::time::timeout(Duration::from_secs(30), async {
+        let (mut https, mut http) = (None, None);
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let addr = || json["fields"]["addr"].as_str().unwrap().parse().unwrap();
+            if json["fields"]["message"] == "listening (https)" {
+                https = Some(addr());
+            } else if json["fields"]["message"] == "listening (http redirect)" {
+                http = Some(addr());
+            }
+            if let (Some(https), Some(http)) = (https, http) {
+                return (https, http);
+            }
+        }
+        panic!("the proxy exited before listening");
+    })
+    .await
+    .expect("the proxy reports its addresses");
+    // Keep draining stdout so the proxy never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Running {
+        child,
+        addr,
+        redirect,
+    }
+}
+
+fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("running").to_string();
+    let status = Command::new("kill")
+        .args([name, &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+async fn served_certificate(pki: &TestPki, addr: std::net::SocketAddr) -> Vec<u8> {
+    let tls = common::tls_connect(pki, addr, &[b"http/1.1"])
+        .await
+        .expect("TLS");
+    tls.get_ref().1.peer_certificates().expect("certificate")[0].to_vec()
+}
+
+#[tokio::test]
+async fn process_reads_env_file_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let dir = common::temp_dir("process");
+    // The original app's `.env` keys sit beside ours; unknown ones (REDIS_URL) are ignored.
+    std::fs::write(
+        dir.join(".env"),
+        format!(
+            "PROXY_UPSTREAM=http://{}\nTLS_CERT_FILE={}\nTLS_KEY_FILE={}\nREDIS_URL=redis://localhost\nALLOW_ORIGINS=http://localhost\n",
+            upstream.addr,
+            pki.cert_path.display(),
+            pki.key_path.display()
+        ),
+    )
+    .unwrap();
+    // Only SIGHUP may reload here: the file watcher is slowed down out of the way.
+    let mut running = spawn_proxy(&dir, &[("PROXY_CERT_WATCH_INTERVAL", "1h")]).await;
+
+    let mut client = h1::<Empty<Bytes>>(&pki, running.addr).await;
+    let (status, _, body) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
+    let before = served_certificate(&pki, running.addr).await;
+
+    // The plain listener redirects to the https port.
+    let tcp = tokio::net::TcpStream::connect(running.redirect)
+        .await
+        .unwrap();
+    let (mut plain, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (status, headers, _) = collect(plain.send_request(get("/a?b")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(
+        headers["location"],
+        format!("https://localhost:{}/a?b", running.addr.port())
+    );
+
+    let rotated = pki.write_server_pair("rotated");
+    assert_ne!(before, rotated);
+    signal(&running.child, "-HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if served_certificate(&pki, running.addr).await == rotated {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new certificate was never served"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The connection opened before the reload still works.
+    let (status, _, _) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    signal(&running.child, "-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), running.child.wait())
+        .await
+        .expect("the proxy exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
