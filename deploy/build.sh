@@ -41,3 +41,6 @@ for name in app proxy pause; do
     fi
 done
 ls -l "$bin_dir"
+if [ ! -e "$repo_dir/cert/cert.pem" ]; then
+    echo "build.sh: cert/ has no certificate; for a development one: deploy/bin/proxy cert --if-missing --out-dir cert"
+fi

@@ -113,14 +113,14 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
         signal::reload_on_sighup(proxy.clone(), argv).map_err(StartError::Runtime)?;
 
         let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
-        if let Some(listener) = redirect {
-            // The bound port, which differs from the setting when that asks for port 0.
+        if let Some(redirect) = redirect {
+            // The bound HTTPS port, which differs from the setting when that asks for port 0.
             let port = listener
                 .local_addr()
                 .map_or(settings.listen.port(), |a| a.port());
             let timeout = settings.timeouts.header_read;
             tokio::spawn(server::serve_redirect(
-                listener,
+                redirect,
                 port,
                 timeout,
                 async move {
@@ -149,7 +149,11 @@ async fn bind(
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: container logs and files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
