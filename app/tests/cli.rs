@@ -29,6 +29,34 @@ fn run(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// Starts `app` on port 0 and returns it, the address it logged, and the rest of its log lines.
+fn spawn_serving() -> (
+    std::process::Child,
+    String,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
+    let mut child = Command::new(APP)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("APP_USERS_FILE")
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("log line before exit").unwrap();
+        if let Some(rest) = line
+            .split("addr=")
+            .nth(1)
+            .filter(|_| line.contains("listening"))
+        {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    (child, addr, lines)
+}
+
 #[test]
 fn bad_users_file_is_a_start_up_error_naming_line_and_field() {
     let path = temp_file(
@@ -102,25 +130,7 @@ fn hash_password_output_loads_as_a_users_file() {
 
 #[test]
 fn serves_logs_its_address_and_stops_on_sigterm() {
-    let mut child = Command::new(APP)
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("APP_USERS_FILE")
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("log line before exit").unwrap();
-        if let Some(rest) = line
-            .split("addr=")
-            .nth(1)
-            .filter(|_| line.contains("listening"))
-        {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut child, addr, lines) = spawn_serving();
     // The server answers on the logged address.
     let mut stream = std::net::TcpStream::connect(&addr).unwrap();
     stream
@@ -150,25 +160,7 @@ fn serves_logs_its_address_and_stops_on_sigterm() {
 
 #[test]
 fn healthcheck_reports_a_live_app_healthy_and_a_dead_one_unhealthy() {
-    let mut child = Command::new(APP)
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("APP_USERS_FILE")
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("log line before exit").unwrap();
-        if let Some(rest) = line
-            .split("addr=")
-            .nth(1)
-            .filter(|_| line.contains("listening"))
-        {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut child, addr, _lines) = spawn_serving();
     let check = |addr: &str| {
         Command::new(APP)
             .args(["healthcheck", "--addr", addr, "--timeout-secs", "2"])
