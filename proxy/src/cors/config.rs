@@ -362,16 +362,26 @@ fn parse_origins(
             );
         }
         if re.is_match(REGEX_PROBE_ORIGIN) {
+            // A regex that matches a made-up origin matches (nearly) any origin. With credentials
+            // that is the hole `*` + credentials is refused for: any site acting as the user.
+            if credentials {
+                return Err(ALLOW_ORIGIN_REGEX.error(
+                    src,
+                    format!(
+                        "it matches {REGEX_PROBE_ORIGIN}, so with ALLOW_CREDENTIALS=true it would let \
+                         any site send credentialed requests as the signed-in user"
+                    ),
+                    "anchor it to your domain with escaped dots, e.g. https://[a-z0-9-]+\\.example\\.com, \
+                     or set ALLOW_CREDENTIALS=false",
+                ));
+            }
             warnings.push(format!(
                 "ALLOW_ORIGIN_REGEX={src:?} matches {REGEX_PROBE_ORIGIN}, so it likely allows any origin; \
                  escape dots (\\.) and name your domain"
             ));
         }
-        if re.is_match("null") {
-            warnings.push(format!(
-                "ALLOW_ORIGIN_REGEX={src:?} matches \"null\", which any site can send (sandboxed iframes, file: pages)"
-            ));
-        }
+        // `Origin: null` never reaches the regex (only ALLOW_ORIGINS=null allows it), so a regex
+        // that happens to match "null" needs no warning.
         rules.regex = Some(re);
         rules.regex_source = Some(src.to_string());
     }

@@ -989,6 +989,13 @@ fn config_errors_name_setting_value_and_fix() {
             "not a valid regular expression",
         ),
         (
+            // A catch-all regex with credentials is `*` + credentials in disguise.
+            &[("ALLOW_ORIGIN_REGEX", "https://.*"), ("ALLOW_CREDENTIALS", "true")],
+            "ALLOW_ORIGIN_REGEX",
+            "https://.*",
+            "set ALLOW_CREDENTIALS=false",
+        ),
+        (
             &[("ALLOW_CREDENTIALS", "yes please")],
             "ALLOW_CREDENTIALS",
             "yes please",
