@@ -990,7 +990,10 @@ fn config_errors_name_setting_value_and_fix() {
         ),
         (
             // A catch-all regex with credentials is `*` + credentials in disguise.
-            &[("ALLOW_ORIGIN_REGEX", "https://.*"), ("ALLOW_CREDENTIALS", "true")],
+            &[
+                ("ALLOW_ORIGIN_REGEX", "https://.*"),
+                ("ALLOW_CREDENTIALS", "true"),
+            ],
             "ALLOW_ORIGIN_REGEX",
             "https://.*",
             "set ALLOW_CREDENTIALS=false",
