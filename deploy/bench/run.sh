@@ -8,7 +8,8 @@
 #   deploy/bench/run.sh --profile   perf profile of the proxy under each workload (results/raw/)
 #
 # Own options: --skip-install (use the tools already on PATH), --no-build (use an already built
-# proxy). Everything else goes to bench.py (see `deploy/bench/bench.py --help`: --rounds,
+# proxy). BENCH_PROXY_BIN=path benchmarks that proxy binary (e.g. deploy/bin/proxy, already built by
+# deploy/build.sh) instead of building one; tlsload is still built. Everything else goes to bench.py (see `deploy/bench/bench.py --help`: --rounds,
 # --duration, --peers, --figures, --idle-conns, --nice, --out, --proxy-bin).
 set -euo pipefail
 
@@ -53,9 +54,13 @@ if ((${#missing[@]})); then
     apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+proxy_bin="${BENCH_PROXY_BIN:-$target/release/proxy}"
 if [[ $build == 1 ]]; then
-    echo "run.sh: building the proxy and tlsload (release) in $target" >&2
-    (cd "$repo" && CARGO_TARGET_DIR="$target" cargo build --release -p proxy -j2)
+    if [[ -z ${BENCH_PROXY_BIN:-} ]]; then
+        echo "run.sh: building the proxy (release) in $target" >&2
+        (cd "$repo" && CARGO_TARGET_DIR="$target" cargo build --release --locked -p proxy -j2)
+    fi
+    echo "run.sh: building tlsload (release) in $target" >&2
     (cd "$here/tlsload" && CARGO_TARGET_DIR="$target" cargo build --release --locked -j2)
 fi
 
@@ -87,7 +92,7 @@ fi
 export CARGO_TARGET_DIR="$target" # for the micro-benchmark's cargo bench
 # setsid: its own session, hence its own scheduler autogroup, whose priority bench.py raises
 # (--nice) without touching the caller's shell.
-setsid -w python3 "$script" --proxy-bin "$target/release/proxy" \
+setsid -w python3 "$script" --proxy-bin "$proxy_bin" \
     --tlsload-bin "$target/release/tlsload" --workdir "$workdir" "${args[@]}" &
 bench_pid=$!
 set +e

@@ -68,7 +68,9 @@ fn main() -> ExitCode {
 
 fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
     let settings = Settings::from_args(&cli.proxy)?;
-    init_tracing(settings.log_format);
+    // Held until `start` returns: dropping it flushes every queued log line (the shutdown
+    // summary included) before the process exits.
+    let _log_guard = init_tracing(settings.log_format);
     let (policy, warnings) = cors::Policy::from_args(&cli.cors).map_err(ConfigError::from)?;
     for warning in warnings {
         warn!(%warning, "CORS configuration");
@@ -78,12 +80,20 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
     store.info().log("startup");
 
     // One worker per CPU this process may use (`available_parallelism` respects taskset/cgroups).
+    // With one CPU, the current-thread scheduler does the same work without the multi-thread
+    // one's cross-thread wake-ups, atomics and idle worker parking (measured in .notes/perf.md).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
-        .map_err(StartError::Runtime)?;
+    let runtime = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+    .map_err(StartError::Runtime)?;
     runtime.block_on(async move {
         let listener = bind("PROXY_LISTEN", settings.listen).await?;
         let redirect = match settings.redirect_http {
@@ -147,15 +157,32 @@ async fn bind(
         })
 }
 
-fn init_tracing(format: LogFormat) {
+/// Lines the log queue holds before a logging request thread waits for the writer thread.
+/// Bounded so memory stays bounded (the queue's slots are allocated up front, ~40 bytes each);
+/// at 8,192 a burst of several thousand requests fits while the writer catches up.
+const LOG_QUEUE_LINES: usize = 8192;
+
+/// Installs the log subscriber. Lines are formatted on the request path but written by a
+/// background thread in batches (one `write` per batch instead of one per line), so stdout never
+/// blocks a request. The queue is not lossy: when it is full, the logging task waits rather than
+/// drop access-log lines. The returned guard flushes the queue when dropped.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: container logs and files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // The writer thread flushes after each batch it drains, so lines still appear promptly.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("proxy-log")
+        .finish(std::io::BufWriter::new(std::io::stdout()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
