@@ -3,6 +3,10 @@
 //! requests that met a stale pooled connection, and joining upgraded (WebSocket) connections.
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +20,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -312,12 +318,14 @@ pub struct Forwarded {
 /// The response head must arrive within `timeouts.upstream_response` (else
 /// [`ProxyError::Timeout`]). An idempotent request without a body whose pooled connection failed
 /// before a response arrived is sent once more on a fresh connection. An accepted upgrade (101)
-/// joins the client and upstream connections in a spawned task.
+/// joins the client and upstream connections in a spawned task, which holds a share of the client
+/// connection's `permit` so that tunnels count against `PROXY_MAX_CONNECTIONS` too.
 pub async fn forward(
     client: &UpstreamClient,
     upstream: &Upstream,
     timeouts: &Timeouts,
     peer: &Peer,
+    permit: &Arc<OwnedSemaphorePermit>,
     req: Request<Incoming>,
 ) -> Result<Forwarded, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -372,6 +380,8 @@ pub async fn forward(
             client_upgrade,
             upstream_upgrade,
             upstream.to_string(),
+            timeouts.client_idle,
+            permit.clone(),
         ));
     }
     Ok(Forwarded {
@@ -439,11 +449,15 @@ fn clone_parts(parts: &Parts) -> Parts {
     clone
 }
 
-/// Copies bytes both ways between an upgraded client connection and the upstream's.
+/// Copies bytes both ways between an upgraded client connection and the upstream's, until either
+/// side closes or no byte has moved either way for `idle` (the client idle timeout: a tunnel is a
+/// client connection too). `_permit` keeps the tunnel counted against the connection limit.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     upstream_name: String,
+    idle: Duration,
+    _permit: Arc<OwnedSemaphorePermit>,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
@@ -452,13 +466,84 @@ async fn tunnel(
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((to_upstream, to_client)) => {
-            debug!(upstream = %upstream_name, to_upstream, to_client, "upgraded connection closed")
+    let opened = Instant::now();
+    let last_activity_ms = Arc::new(AtomicU64::new(0));
+    let mut client = Activity::new(TokioIo::new(client), opened, &last_activity_ms);
+    let mut upstream = Activity::new(TokioIo::new(upstream), opened, &last_activity_ms);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+    tokio::pin!(copy);
+    loop {
+        let last = opened + Duration::from_millis(last_activity_ms.load(Ordering::Relaxed));
+        tokio::select! {
+            result = &mut copy => {
+                match result {
+                    Ok((to_upstream, to_client)) => {
+                        debug!(upstream = %upstream_name, to_upstream, to_client, "upgraded connection closed")
+                    }
+                    Err(e) => debug!(upstream = %upstream_name, error = %e, "upgraded connection failed"),
+                }
+                return;
+            }
+            // Woken at the deadline; traffic since then moves the deadline on.
+            _ = tokio::time::sleep_until(last + idle) => {
+                let last = opened + Duration::from_millis(last_activity_ms.load(Ordering::Relaxed));
+                if Instant::now() >= last + idle {
+                    debug!(upstream = %upstream_name, phase = "tunnel_idle", timeout = ?idle, "idle upgraded connection closed");
+                    return;
+                }
+            }
         }
-        Err(e) => debug!(upstream = %upstream_name, error = %e, "upgraded connection failed"),
+    }
+}
+
+/// An I/O object that records when it last read any bytes, for the tunnel's idle timeout.
+struct Activity<T> {
+    inner: T,
+    opened: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl<T> Activity<T> {
+    fn new(inner: T, opened: Instant, last_ms: &Arc<AtomicU64>) -> Self {
+        Activity {
+            inner,
+            opened,
+            last_ms: last_ms.clone(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            let ms = self.opened.elapsed().as_millis() as u64;
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -36,7 +36,13 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Some(Command::Healthcheck(args)) => return healthcheck::run_and_report(args),
+        Some(Command::Healthcheck(args)) => {
+            // The check follows the proxy's own listen address, wherever it was set (flag,
+            // environment or `.env`), unless --addr names another.
+            let mut args = args.clone();
+            args.listen.get_or_insert_with(|| cli.proxy.listen.clone());
+            return healthcheck::run_and_report(&args);
+        }
         Some(Command::Cors {
             command: cors::explain::CorsCommand::Explain(args),
         }) => {
@@ -95,6 +101,10 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
     }
     .map_err(StartError::Runtime)?;
     runtime.block_on(async move {
+        // Signal handlers first: from here on no signal gets its default action (SIGHUP's would
+        // kill the process; as PID 1, SIGTERM's would be ignored).
+        let shutdown = signal::shutdown().map_err(StartError::Runtime)?;
+        let hangups = signal::hangups().map_err(StartError::Runtime)?;
         let listener = bind("PROXY_LISTEN", settings.listen).await?;
         let redirect = match settings.redirect_http {
             Some(addr) => Some(bind("PROXY_REDIRECT_HTTP", addr).await?),
@@ -105,11 +115,10 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
             timeouts = ?settings.timeouts,
             limits = ?settings.limits,
             trusted_proxies = ?settings.trusted_proxies,
-            cors = ?policy,
+            cors = %policy,
             hsts = settings.hsts.is_some(),
             "configuration"
         );
-        let shutdown = signal::shutdown().map_err(StartError::Runtime)?;
         store.clone().watch(settings.timeouts.cert_watch_interval);
         let reload_store = store.clone();
         let proxy = Proxy::new(settings.clone(), policy, tls::server_config(store))
@@ -120,7 +129,7 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
                     .map_err(Into::into)
             }));
         let proxy = Arc::new(proxy);
-        signal::reload_on_sighup(proxy.clone(), argv).map_err(StartError::Runtime)?;
+        signal::reload_on_sighup(hangups, proxy.clone(), argv);
 
         let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(redirect) = redirect {

@@ -121,7 +121,7 @@ impl Proxy {
         {
             warn!("only the upstream, the CORS policy and the certificates reload; other changed settings need a restart");
         }
-        info!(upstream = %settings.upstream, cors = ?cors, "configuration reloaded");
+        info!(upstream = %settings.upstream, cors = %cors, "configuration reloaded");
         self.live.store(Arc::new(Live {
             upstream: settings.upstream,
             cors,
@@ -247,6 +247,9 @@ struct Connection {
     /// When the last request finished, in milliseconds since `opened`.
     idle_since_ms: AtomicU64,
     opened: Instant,
+    /// This connection's slot under `PROXY_MAX_CONNECTIONS`; an upgraded tunnel takes a share, so
+    /// the slot is free only when both the connection and its tunnel are gone.
+    permit: Arc<OwnedSemaphorePermit>,
 }
 
 impl Connection {
@@ -283,7 +286,7 @@ async fn serve_connection(
     acceptor: tokio_rustls::TlsAcceptor,
     builders: Arc<Builders>,
     stop: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "TCP_NODELAY failed");
@@ -325,6 +328,7 @@ async fn serve_connection(
         started: AtomicBool::new(false),
         idle_since_ms: AtomicU64::new(0),
         opened,
+        permit: Arc::new(permit),
     });
     let service = {
         let conn = conn.clone();
@@ -527,6 +531,7 @@ async fn handle(
                     &upstream,
                     &proxy.settings.timeouts,
                     &conn.peer,
+                    &conn.permit,
                     req,
                 )
                 .await

@@ -7,7 +7,7 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info};
 
 use crate::server::Proxy;
@@ -25,11 +25,16 @@ pub fn shutdown() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Installs the SIGHUP handler: each SIGHUP re-reads the env file and the process environment
-/// (with the original command line, whose flags still win) and reloads through
-/// [`Proxy::reload`]. An invalid configuration is logged and the old one keeps serving.
-pub fn reload_on_sighup(proxy: Arc<Proxy>, argv: Vec<OsString>) -> std::io::Result<()> {
-    let mut hup = signal(SignalKind::hangup())?;
+/// Installs the SIGHUP handler; signals that arrive before [`reload_on_sighup`] takes the stream
+/// are kept, not lost.
+pub fn hangups() -> std::io::Result<Signal> {
+    signal(SignalKind::hangup())
+}
+
+/// Each SIGHUP from `hup` re-reads the env file and the process environment (with the original
+/// command line, whose flags still win) and reloads through [`Proxy::reload`]. An invalid
+/// configuration is logged and the old one keeps serving.
+pub fn reload_on_sighup(mut hup: Signal, proxy: Arc<Proxy>, argv: Vec<OsString>) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             info!(
@@ -41,7 +46,6 @@ pub fn reload_on_sighup(proxy: Arc<Proxy>, argv: Vec<OsString>) -> std::io::Resu
             }
         }
     });
-    Ok(())
 }
 
 /// The process environment as UTF-8 pairs (others cannot be settings and are skipped).

@@ -1,6 +1,6 @@
 //! CORS through the real proxy over real TLS, in front of a recording upstream that sends its own
 //! (wrong) CORS headers: refused requests and every preflight never arrive, allowed requests get
-//! exactly the proxy's headers (also on redirects and the proxy's own 502), same-origin requests
+//! exactly the proxy's headers (also on redirects and the proxy's own 502 and 504), same-origin requests
 //! always pass, each CORS_MODE, HTTP/2, and policy reload.
 
 mod common;
@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use common::{closed_port, collect, h1, h2, proxy_argv, TestPki, TestProxy};
+use common::{closed_port, collect, h1, h2, proxy_argv, TestPki, TestProxy, TestUpstream};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
@@ -379,6 +379,44 @@ async fn the_proxys_own_502_carries_the_cors_headers() {
         Some("true")
     );
     assert!(header(&h, "vary").is_some_and(|v| v.contains("Origin")));
+}
+
+#[tokio::test]
+async fn the_proxys_own_504_carries_exactly_one_allow_origin_and_vary_origin() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let mut flags = CREDENTIALED.to_vec();
+    flags.extend(["--upstream-response-timeout", "300ms"]);
+    let proxy = TestProxy::start(&pki, upstream.addr, &flags).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let (status, h, _) = collect(
+        client
+            .send_request(request(
+                proxy.addr,
+                "GET",
+                "/hang",
+                &[("origin", "https://api.example.com")],
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(upstream.last().uri.path(), "/hang", "it was forwarded");
+    let allow_origin: Vec<_> = h.get_all("access-control-allow-origin").iter().collect();
+    assert_eq!(allow_origin, ["https://api.example.com"], "{h:?}");
+    assert_eq!(
+        header(&h, "access-control-allow-credentials").as_deref(),
+        Some("true")
+    );
+    let vary_origin = h
+        .get_all("vary")
+        .iter()
+        .flat_map(|v| v.to_str().unwrap().split(','))
+        .filter(|token| token.trim().eq_ignore_ascii_case("origin"))
+        .count();
+    assert_eq!(vary_origin, 1, "{h:?}");
+    proxy.shutdown().await;
 }
 
 #[tokio::test]

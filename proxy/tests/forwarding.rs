@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use common::{collect, get, h1, h2, TestPki, TestProxy, TestUpstream};
 use http::{Request, StatusCode, Version};
@@ -178,6 +180,71 @@ async fn upgrade_is_joined_both_ways() {
         io.read_exact(&mut echoed).await.unwrap();
         assert_eq!(echoed, message);
     }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_and_counts_against_the_connection_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &["--max-connections", "1", "--client-idle-timeout", "1s"],
+    )
+    .await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .uri("/ws")
+        .header("host", "localhost")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(Empty::new())
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    io.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    io.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+
+    // While the tunnel is open it holds the only connection slot: a second client is not served.
+    let opened = std::time::Instant::now();
+    let second = tokio::spawn({
+        // The TCP connect lands in the kernel's backlog; the TLS handshake needs the proxy to accept.
+        let config = pki.client_config_alpn(&[b"http/1.1"]);
+        let addr = proxy.addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await
+                .expect("the second client's handshake");
+            std::time::Instant::now()
+        }
+    });
+    // Without traffic the tunnel is closed after the idle timeout: the client's read ends (EOF or
+    // a reset, either means closed) instead of hanging.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel is closed within the test's limit");
+    assert!(
+        opened.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        opened.elapsed()
+    );
+    // ...and only then does the second client get its slot.
+    let served_at = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second client is served once the tunnel is gone")
+        .unwrap();
+    assert!(served_at.duration_since(opened) >= Duration::from_millis(900));
     proxy.shutdown().await;
 }
 

@@ -1,4 +1,5 @@
-//! The `proxy` binary as a process: start-up errors exit 64 naming the setting; a running proxy
+//! The `proxy` binary as a process: start-up errors exit 64 naming the setting or file (also a
+//! certificate file without a certificate and a key that does not match); a running proxy
 //! reads `.env`, serves HTTPS and the plain-HTTP redirect, reloads its certificate on SIGHUP and
 //! exits 0 after SIGTERM.
 
@@ -78,6 +79,74 @@ fn start_up_errors_exit_64_and_name_the_setting() {
     let (code, output) = run_to_exit(&dir, &["--help"], &[]);
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("PROXY_UPSTREAM"), "{output}");
+}
+
+/// A bad certificate/key pair: the binary exits 64 before serving, naming the file at fault.
+/// Run with a deadline, so a proxy that wrongly starts serving fails the test instead of hanging it.
+#[tokio::test]
+async fn unusable_tls_pair_exits_64_and_names_the_file() {
+    let pki = TestPki::new();
+    let dir = common::temp_dir("bad-pair");
+    let cert = pki.cert_path.to_str().unwrap();
+    let key = pki.key_path.to_str().unwrap();
+    // A PEM file holding only a key, given as the certificate (the classic swap).
+    let key_as_cert = dir.join("key-as-cert.pem");
+    std::fs::copy(&pki.key_path, &key_as_cert).unwrap();
+    // A text file with no PEM block at all.
+    let no_pem = dir.join("empty-cert.pem");
+    std::fs::write(&no_pem, "this is not a certificate\n").unwrap();
+    // A valid key of the right type, but not the certificate's.
+    let other_key = dir.join("other-key.pem");
+    std::fs::write(
+        &other_key,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let key_as_cert = key_as_cert.to_str().unwrap();
+    let no_pem = no_pem.to_str().unwrap();
+    let other_key = other_key.to_str().unwrap();
+    // (certificate file, key file, the file the message must name, text it must also contain)
+    let cases = [
+        (key_as_cert, key, key_as_cert, "no PEM certificate"),
+        (no_pem, key, no_pem, "no PEM certificate"),
+        (cert, other_key, other_key, "does not match"),
+    ];
+    for (cert, key, named, problem) in cases {
+        let args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ];
+        let output = tokio::time::timeout(
+            Duration::from_secs(30),
+            tokio::process::Command::new(BIN)
+                .args(args)
+                .env_clear()
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{args:?}: the proxy started instead of refusing the pair"))
+        .expect("run proxy");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(output.status.code(), Some(64), "{args:?}: {text}");
+        assert!(text.contains(named), "{args:?}: {named} not in {text}");
+        assert!(
+            text.contains(problem),
+            "{args:?}: {problem:?} not in {text}"
+        );
+    }
 }
 
 /// A running `proxy` process and the address it reported.

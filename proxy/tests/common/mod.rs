@@ -217,7 +217,7 @@ type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// A plain-HTTP/1.1 upstream that records every request head. Routes:
 /// - `/echo`: streams the request body back;
-/// - `/bytes/N`: streams N bytes;
+/// - `/bytes/N`: streams N bytes (counted in `body_bytes_sent`);
 /// - `/hang`: never answers;
 /// - `/sleep/MS`: answers after MS milliseconds;
 /// - `/ws`: accepts an upgrade (101) and echoes bytes on the upgraded connection;
@@ -229,6 +229,8 @@ pub struct TestUpstream {
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     /// Notified (one permit per request) whenever a request head has been recorded.
     pub arrived: Arc<tokio::sync::Notify>,
+    /// Bytes of `/bytes/N` bodies handed to hyper so far (what the upstream has "written").
+    pub body_bytes_sent: Arc<std::sync::atomic::AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -253,10 +255,12 @@ impl TestUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let arrived = Arc::new(tokio::sync::Notify::new());
+        let body_bytes_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let task = {
             let seen = seen.clone();
             let arrived = arrived.clone();
             let connections = connections.clone();
+            let sent = body_bytes_sent.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((tcp, _)) = listener.accept().await else {
@@ -265,9 +269,10 @@ impl TestUpstream {
                     connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let seen = seen.clone();
                     let arrived = arrived.clone();
+                    let sent = sent.clone();
                     tokio::spawn(async move {
                         let service = service_fn(move |req| {
-                            upstream_service(req, seen.clone(), arrived.clone())
+                            upstream_service(req, seen.clone(), arrived.clone(), sent.clone())
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(tcp), service)
@@ -282,6 +287,7 @@ impl TestUpstream {
             seen,
             connections,
             arrived,
+            body_bytes_sent,
             task,
         }
     }
@@ -305,6 +311,7 @@ async fn upstream_service(
     mut req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
     arrived: Arc<tokio::sync::Notify>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Response<UpstreamBody>, Infallible> {
     seen.lock().expect("lock").push(Seen {
         method: req.method().clone(),
@@ -318,7 +325,13 @@ async fn upstream_service(
         Response::new(req.into_body().map_err(Into::into).boxed())
     } else if let Some(n) = path.strip_prefix("/bytes/") {
         let n: u64 = n.parse().expect("byte count");
-        Response::new(Repeat { remaining: n }.boxed())
+        Response::new(
+            Counted {
+                inner: Repeat { remaining: n },
+                sent,
+            }
+            .boxed(),
+        )
     } else if path == "/hang" {
         std::future::pending::<()>().await;
         unreachable!()
@@ -389,6 +402,40 @@ impl Body for Repeat {
     }
 }
 
+/// A body that adds the size of every data frame it yields to `sent`: hyper polls the next frame
+/// only when it has room to write it, so the count is what the sender has let go of.
+pub struct Counted<B> {
+    pub inner: B,
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.sent
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Opens a TLS connection to the proxy (SNI `localhost`) offering `alpn`.
 pub async fn tls_connect(
     pki: &TestPki,
@@ -434,6 +481,40 @@ where
             .expect("h2 handshake");
     tokio::spawn(conn);
     sender
+}
+
+/// Like [`h1`], but a failed connect, handshake or HTTP handshake is returned, not a panic
+/// (for clients that meet a proxy that is shutting down).
+pub async fn try_h1<B>(
+    pki: &TestPki,
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http1::SendRequest<B>, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_connect(pki, addr, &[b"http/1.1"]).await?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// Like [`h2`], but a failed connect, handshake or HTTP/2 handshake is returned, not a panic.
+pub async fn try_h2<B>(
+    pki: &TestPki,
+    addr: SocketAddr,
+) -> Result<hyper::client::conn::http2::SendRequest<B>, Box<dyn std::error::Error + Send + Sync>>
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = tls_connect(pki, addr, &[b"h2"]).await?;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
 }
 
 /// A GET request with `Host: localhost` (HTTP/1.1) for `path`.
