@@ -148,14 +148,12 @@ async fn hop_by_hop_headers_are_stripped_both_ways() {
     proxy.shutdown().await;
 }
 
-#[tokio::test]
-async fn upgrade_is_joined_both_ways() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let pki = TestPki::new();
-    let upstream = TestUpstream::start().await;
-    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
-    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+/// Sends a WebSocket-style upgrade through the proxy (HTTP/1.1) and returns the joined tunnel.
+async fn open_tunnel(
+    pki: &TestPki,
+    proxy: std::net::SocketAddr,
+) -> hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    let mut client = h1::<Empty<Bytes>>(pki, proxy).await;
     let request = Request::builder()
         .uri("/ws")
         .header("host", "localhost")
@@ -166,14 +164,23 @@ async fn upgrade_is_joined_both_ways() {
     let response = client.send_request(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(response.headers()["upgrade"], "websocket");
-    let seen = upstream.last().headers;
-    assert_eq!(seen["upgrade"], "websocket");
-    assert_eq!(seen["connection"], "upgrade");
-
     let upgraded = hyper::upgrade::on(response)
         .await
         .expect("client side upgraded");
-    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    hyper_util::rt::TokioIo::new(upgraded)
+}
+
+#[tokio::test]
+async fn upgrade_is_joined_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
+    let mut io = open_tunnel(&pki, proxy.addr).await;
+    let seen = upstream.last().headers;
+    assert_eq!(seen["upgrade"], "websocket");
+    assert_eq!(seen["connection"], "upgrade");
     for message in [&b"ping"[..], &b"a second message"[..]] {
         io.write_all(message).await.unwrap();
         let mut echoed = vec![0; message.len()];
@@ -195,18 +202,7 @@ async fn an_idle_tunnel_is_closed_and_counts_against_the_connection_limit() {
         &["--max-connections", "1", "--client-idle-timeout", "1s"],
     )
     .await;
-    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
-    let request = Request::builder()
-        .uri("/ws")
-        .header("host", "localhost")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .body(Empty::new())
-        .unwrap();
-    let response = client.send_request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
-    let upgraded = hyper::upgrade::on(response).await.unwrap();
-    let mut io = hyper_util::rt::TokioIo::new(upgraded);
+    let mut io = open_tunnel(&pki, proxy.addr).await;
     io.write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];
     io.read_exact(&mut echoed).await.unwrap();
