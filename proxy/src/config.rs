@@ -136,7 +136,8 @@ pub struct ProxyArgs {
     /// Upstream connect timeout.
     #[arg(long, env = "PROXY_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT)]
     pub upstream_connect_timeout: String,
-    /// Time allowed for the upstream to send its response head (then 504).
+    /// Time allowed for the upstream to send its response head once the request, body included,
+    /// has been sent (then 504).
     #[arg(long, env = "PROXY_UPSTREAM_RESPONSE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_UPSTREAM_RESPONSE_TIMEOUT)]
     pub upstream_response_timeout: String,
     /// Idle pooled upstream connections are closed after this (keep below the backend's keep-alive).

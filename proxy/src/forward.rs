@@ -21,7 +21,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -30,7 +30,44 @@ use crate::error::ProxyError;
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
 /// idempotent request be sent again on a fresh connection).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
+
+/// The client's request body as it streams upstream. It reports when its last byte has gone,
+/// because the upstream response timeout counts from there: however long an upload takes is the
+/// client's time, not the upstream's.
+pub struct ClientBody {
+    inner: Incoming,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        // The end (or a failure) of the body, whichever the client connection saw first.
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            if let Some(sent) = self.sent.take() {
+                let _ = sent.send(());
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The pooled upstream client. One per process; connections are reused across requests.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
@@ -315,8 +352,8 @@ pub struct Forwarded {
 
 /// Forwards `req` to `upstream` and returns its response with hop-by-hop headers removed.
 ///
-/// The response head must arrive within `timeouts.upstream_response` (else
-/// [`ProxyError::Timeout`]). An idempotent request without a body whose pooled connection failed
+/// The response head must arrive within `timeouts.upstream_response` of the request having been
+/// sent in full (else [`ProxyError::Timeout`]). An idempotent request without a body whose pooled connection failed
 /// before a response arrived is sent once more on a fresh connection. An accepted upgrade (101)
 /// joins the client and upstream connections in a spawned task, which holds a share of the client
 /// connection's `permit` so that tunnels count against `PROXY_MAX_CONNECTIONS` too.
@@ -339,10 +376,25 @@ pub async fn forward(
 
     let retry_parts = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream())
         .then(|| clone_parts(&parts));
-    let body = if retry_parts.is_some() {
-        Either::Right(Empty::new())
+    // The upstream response timeout starts once the request is complete: at once without a body,
+    // or when the client's body has been sent in full.
+    let (body, body_sent) = if retry_parts.is_some() {
+        (Either::Right(Empty::new()), None)
+    } else if body.is_end_stream() {
+        (
+            Either::Left(ClientBody {
+                inner: body,
+                sent: None,
+            }),
+            None,
+        )
     } else {
-        Either::Left(body)
+        let (sent, body_sent) = oneshot::channel();
+        let body = ClientBody {
+            inner: body,
+            sent: Some(sent),
+        };
+        (Either::Left(body), Some(body_sent))
     };
 
     let start = Instant::now();
@@ -351,9 +403,23 @@ pub async fn forward(
         upstream: upstream.to_string(),
         timeout: timeouts.upstream_response,
     };
-    let first = tokio::time::timeout_at(deadline, client.request(Request::from_parts(parts, body)))
-        .await
-        .map_err(|_| timeout_error())?;
+    let request = client.request(Request::from_parts(parts, body));
+    let first = match body_sent {
+        None => tokio::time::timeout_at(deadline, request)
+            .await
+            .map_err(|_| timeout_error())?,
+        Some(body_sent) => {
+            let timer = async {
+                // A dropped sender (the body went away unfinished) starts the timer too.
+                let _ = body_sent.await;
+                tokio::time::sleep(timeouts.upstream_response).await;
+            };
+            tokio::select! {
+                result = request => result,
+                () = timer => return Err(timeout_error()),
+            }
+        }
+    };
     let mut response = match (first, retry_parts) {
         (Ok(response), _) => response,
         (Err(e), Some(parts)) if !e.is_connect() => {

@@ -280,6 +280,57 @@ async fn unreachable_upstream_is_502_and_recovers() {
 }
 
 #[tokio::test]
+async fn the_response_timeout_starts_after_a_slow_upload() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &["--upstream-response-timeout", "300ms"],
+    )
+    .await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut client = h1::<ChannelBody>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .method("POST")
+        .uri("/collect")
+        .header("host", "localhost")
+        .body(ChannelBody(rx))
+        .unwrap();
+    let response =
+        tokio::spawn(async move { collect(client.send_request(request).await.unwrap()).await });
+    // The upload takes about three times the response timeout; the upstream answers only after it.
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        tx.send(Bytes::from_static(&[7u8; 1000])).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    drop(tx);
+    let (status, _, body) = response.await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    assert_eq!(&body[..], b"4000");
+    proxy.shutdown().await;
+}
+
+/// A request body whose chunks the test sends through a channel, at its own pace.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+#[tokio::test]
 async fn hung_upstream_is_504() {
     let pki = TestPki::new();
     let upstream = TestUpstream::start().await;

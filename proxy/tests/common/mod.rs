@@ -332,6 +332,10 @@ async fn upstream_service(
             }
             .boxed(),
         )
+    } else if path == "/collect" {
+        // Answers only once the whole request body has arrived: its length.
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        Response::new(full(body.map_or(0, |b| b.len()).to_string()))
     } else if path == "/hang" {
         std::future::pending::<()>().await;
         unreachable!()
