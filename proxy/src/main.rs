@@ -87,7 +87,7 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
 
     // One worker per CPU this process may use (`available_parallelism` respects taskset/cgroups).
     // With one CPU, the current-thread scheduler does the same work without the multi-thread
-    // one's cross-thread wake-ups, atomics and idle worker parking (measured in .notes/perf.md).
+    // one's cross-thread wake-ups, atomics and idle worker parking (measured: "Benchmarks" in README.md).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let runtime = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()

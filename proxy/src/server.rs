@@ -199,7 +199,7 @@ pub async fn run(
 /// the connection goes straight to that protocol's builder; the auto builder (which reads the
 /// first bytes to tell HTTP/2's preface from HTTP/1.1) serves only clients that offered no ALPN.
 /// Skipping the detection saves its buffering and wrapper state per connection (4 KB of each
-/// idle connection's memory, see .notes/perf.md).
+/// idle connection's memory, see "Benchmarks" in README.md).
 struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
