@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderValue, Response, StatusCode};
+use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::config::ConfigError;
@@ -118,9 +118,42 @@ impl StartError {
     }
 }
 
+/// The original app's header asking for JSON answers.
+static EXPECTED_FORMAT: HeaderName = HeaderName::from_static("x-expected-format");
+
+/// Whether the client asked for JSON (`Accept` or the original app's `x-expected-format` naming
+/// `application/json`, in any case): every body the proxy writes itself follows it.
+pub fn wants_json(headers: &HeaderMap) -> bool {
+    const JSON: &[u8] = b"application/json";
+    [&ACCEPT, &EXPECTED_FORMAT].into_iter().any(|name| {
+        headers.get_all(name).iter().any(|v| {
+            v.as_bytes()
+                .windows(JSON.len())
+                .any(|w| w.eq_ignore_ascii_case(JSON))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_detection() {
+        let mut headers = HeaderMap::new();
+        assert!(!wants_json(&headers));
+        headers.insert(
+            "x-expected-format",
+            HeaderValue::from_static("application/json"),
+        );
+        assert!(wants_json(&headers));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("application/json, */*"),
+        );
+        assert!(wants_json(&headers));
+    }
 
     #[test]
     fn statuses_and_bodies() {

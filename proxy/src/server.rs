@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
@@ -406,20 +406,6 @@ async fn drive<C, E>(
     }
 }
 
-/// Whether the client asked for a JSON answer (`Accept` or the original app's
-/// `x-expected-format`).
-fn wants_json(headers: &HeaderMap) -> bool {
-    static EXPECTED_FORMAT: header::HeaderName =
-        header::HeaderName::from_static("x-expected-format");
-    let mentions_json = |name: &header::HeaderName| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("json"))
-    };
-    mentions_json(&EXPECTED_FORMAT) || mentions_json(&header::ACCEPT)
-}
-
 /// The body of every response the proxy sends: the upstream's stream or a proxy-made body,
 /// counting bytes and writing the access-log line when it ends or is dropped.
 pub struct ProxyBody {
@@ -498,7 +484,7 @@ async fn handle(
         upstream_time: None,
     };
     let proxy = &conn.proxy;
-    let json = wants_json(req.headers());
+    let json = crate::error::wants_json(req.headers());
 
     let limit = proxy.settings.limits.max_headers;
     let (verdict, upstream) = {
@@ -664,22 +650,5 @@ mod tests {
                 None => assert_eq!(response.status(), StatusCode::BAD_REQUEST),
             }
         }
-    }
-
-    #[test]
-    fn json_detection() {
-        let mut headers = HeaderMap::new();
-        assert!(!wants_json(&headers));
-        headers.insert(
-            "x-expected-format",
-            HeaderValue::from_static("application/json"),
-        );
-        assert!(wants_json(&headers));
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/json, */*"),
-        );
-        assert!(wants_json(&headers));
     }
 }

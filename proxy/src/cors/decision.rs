@@ -5,9 +5,9 @@ use std::fmt;
 
 use bytes::Bytes;
 use http::header::{
-    ACCEPT, ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS,
-    ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
-    ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_HEADERS,
+    ACCESS_CONTROL_REQUEST_METHOD, CONTENT_TYPE, ORIGIN, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
@@ -26,9 +26,6 @@ pub(crate) const REQUEST_PRIVATE_NETWORK: HeaderName =
     HeaderName::from_static("access-control-request-private-network");
 pub(crate) const ALLOW_PRIVATE_NETWORK: HeaderName =
     HeaderName::from_static("access-control-allow-private-network");
-/// Non-standard but common: the app's clients ask for JSON error bodies with it.
-const EXPECTED_FORMAT: HeaderName = HeaderName::from_static("x-expected-format");
-
 /// The `Vary` every preflight answer carries: it depends on all three request headers.
 pub(crate) const PREFLIGHT_VARY: HeaderValue = HeaderValue::from_static(
     "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
@@ -355,23 +352,13 @@ fn preflight_response(mut headers: HeaderMap) -> http::Response<Bytes> {
     resp
 }
 
-/// Whether the client asked for a JSON body (`Accept` or `x-expected-format`).
-fn wants_json(headers: &HeaderMap) -> bool {
-    [ACCEPT, EXPECTED_FORMAT].into_iter().any(|name| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.to_ascii_lowercase().contains("application/json"))
-        })
-    })
-}
-
 /// The 403 for a refused request: a body naming the failed part, never an `Access-Control-Allow-*`.
 pub(crate) fn refusal_response(
     refusal: &Refusal,
     preflight: bool,
     request: &HeaderMap,
 ) -> http::Response<Bytes> {
-    let (content_type, body) = if wants_json(request) {
+    let (content_type, body) = if crate::error::wants_json(request) {
         let body = serde_json::json!({
             "error": "cors_refused",
             "part": refusal.part(),
