@@ -456,6 +456,10 @@ def measured(peer, fn, *a):
     return res
 
 
+# How long the held connections sit idle before the memory figure's RSS is read.
+IDLE_SETTLE_S = 1.0
+
+
 def memory(peer, n_conns, stage="request"):
     peer.refresh_pids()
     before = rss_kb(peer.pids)
@@ -467,6 +471,9 @@ def memory(peer, n_conns, stage="request"):
         if not line.startswith("ready "):
             raise RuntimeError(f"tlsclient hold failed: {line!r}")
         held = json.loads(line[len("ready "):])
+        # Measured once the connections have been idle a moment, the same for every peer: the
+        # proxy releases an idle connection's HTTP buffers after a quarter second (nginx at once).
+        time.sleep(IDLE_SETTLE_S)
         peer.refresh_pids()
         with_conns = rss_kb(peer.pids)
         p.stdin.write("done\n")

@@ -17,11 +17,12 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -348,30 +349,27 @@ pub struct Forwarded {
     pub response: Response<Incoming>,
     /// Time to the upstream's response head (both attempts, when retried).
     pub upstream_time: Duration,
+    /// The upstream's side of an accepted upgrade (`101`), to be joined to the client's with
+    /// [`tunnel`] once the `101` has gone out.
+    pub upgrade: Option<OnUpgrade>,
 }
 
 /// Forwards `req` to `upstream` and returns its response with hop-by-hop headers removed.
 ///
 /// The response head must arrive within `timeouts.upstream_response` of the request having been
-/// sent in full (else [`ProxyError::Timeout`]). An idempotent request without a body whose pooled connection failed
-/// before a response arrived is sent once more on a fresh connection. An accepted upgrade (101)
-/// joins the client and upstream connections in a spawned task, which holds a share of the client
-/// connection's `permit` so that tunnels count against `PROXY_MAX_CONNECTIONS` too.
+/// sent in full (else [`ProxyError::Timeout`]). An idempotent request without a body whose pooled
+/// connection failed before a response arrived is sent once more on a fresh connection.
 pub async fn forward(
     client: &UpstreamClient,
     upstream: &Upstream,
     timeouts: &Timeouts,
     peer: &Peer,
-    permit: &Arc<OwnedSemaphorePermit>,
     req: Request<Incoming>,
 ) -> Result<Forwarded, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let upgrade = is_upgrade_request(parts.version, &parts.headers);
-    let client_upgrade = if upgrade {
-        parts.extensions.remove::<hyper::upgrade::OnUpgrade>()
-    } else {
-        None
-    };
+    // The client side of an upgrade is the connection itself (see `http1`), not hyper's.
+    parts.extensions.remove::<OnUpgrade>();
     prepare_parts(&mut parts, upstream, peer, upgrade);
 
     let retry_parts = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream())
@@ -440,19 +438,11 @@ pub async fn forward(
     *response.version_mut() = Version::HTTP_11;
     let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(response.headers_mut(), upgraded);
-    if let (true, Some(client_upgrade)) = (upgraded, client_upgrade) {
-        let upstream_upgrade = hyper::upgrade::on(&mut response);
-        tokio::spawn(tunnel(
-            client_upgrade,
-            upstream_upgrade,
-            upstream.to_string(),
-            timeouts.client_idle,
-            permit.clone(),
-        ));
-    }
+    let upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
     Ok(Forwarded {
         response,
         upstream_time,
+        upgrade,
     })
 }
 
@@ -517,16 +507,13 @@ fn clone_parts(parts: &Parts) -> Parts {
 
 /// Copies bytes both ways between an upgraded client connection and the upstream's, until either
 /// side closes or no byte has moved either way for `idle` (the client idle timeout: a tunnel is a
-/// client connection too). `_permit` keeps the tunnel counted against the connection limit.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    upstream_name: String,
-    idle: Duration,
-    _permit: Arc<OwnedSemaphorePermit>,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+/// client connection too).
+pub async fn tunnel<C>(client: C, upstream: OnUpgrade, upstream_name: String, idle: Duration)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let upstream = match upstream.await {
+        Ok(upstream) => upstream,
         Err(e) => {
             warn!(upstream = %upstream_name, error = %e, "upgrade failed");
             return;
@@ -534,7 +521,7 @@ async fn tunnel(
     };
     let opened = Instant::now();
     let last_activity_ms = Arc::new(AtomicU64::new(0));
-    let mut client = Activity::new(TokioIo::new(client), opened, &last_activity_ms);
+    let mut client = Activity::new(client, opened, &last_activity_ms);
     let mut upstream = Activity::new(TokioIo::new(upstream), opened, &last_activity_ms);
     let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
     tokio::pin!(copy);

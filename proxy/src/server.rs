@@ -9,7 +9,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,8 +22,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -33,6 +33,7 @@ use crate::config::{self, Settings, Timeouts, Upstream};
 use crate::cors::{self, Policy, RequestInfo, Verdict};
 use crate::error::{ProxyError, ReloadError};
 use crate::forward::{self, Peer, UpstreamClient};
+use crate::http1 as client_http1;
 
 /// Reloads the TLS material (wired to `tls::CertStore::reload` by `main`); on error the old pair
 /// must keep serving.
@@ -195,15 +196,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The connection builders, one per protocol. ALPN names the protocol in the handshake, so
-/// the connection goes straight to that protocol's builder; the auto builder (which reads the
-/// first bytes to tell HTTP/2's preface from HTTP/1.1) serves only clients that offered no ALPN.
-/// Skipping the detection saves its buffering and wrapper state per connection (4 KB of each
-/// idle connection's memory, see "Benchmarks" in README.md).
+/// The connection builders, one per protocol; ALPN names the protocol in the handshake.
 struct Builders {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
-    auto: auto::Builder<TokioExecutor>,
 }
 
 impl Builders {
@@ -220,36 +216,43 @@ impl Builders {
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(header_list_size);
-        // The same settings again: hyper-util's auto builder keeps its own copies.
-        let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(settings.timeouts.header_read)
-            .max_buf_size(limits.max_header_bytes)
-            .max_headers(limits.max_headers);
-        auto.http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(header_list_size);
-        Builders { http1, http2, auto }
+        Builders { http1, http2 }
     }
 }
 
+/// How long an HTTP/1.1 keep-alive connection is idle before it is parked (its hyper buffers
+/// freed, see [`crate::http1`]). Parking at once, as nginx does, would rebuild hyper's connection
+/// for every request under keep-alive load: +17 % instructions per request (callgrind); after a
+/// quarter second, a busy connection is never parked and an idle one soon is.
+const PARK_AFTER: Duration = Duration::from_millis(250);
+
+/// The idle time after which a connection is parked: [`PARK_AFTER`], or less when the header-read
+/// timeout is shorter, since hyper's header-read timer runs on an idle connection and would
+/// otherwise close it first.
+fn park_after(timeouts: &Timeouts) -> Duration {
+    PARK_AFTER.min(timeouts.header_read / 2)
+}
+
 /// Per-connection state shared by its requests.
-struct Connection {
-    proxy: Arc<Proxy>,
+pub(crate) struct Connection {
+    pub(crate) proxy: Arc<Proxy>,
     peer_addr: SocketAddr,
     peer: Peer,
     /// Requests whose response has not finished; the idle timer runs only at zero.
     in_flight: AtomicUsize,
+    /// Requests whose response has finished.
+    pub(crate) finished: AtomicU64,
     /// Whether any request arrived yet: until one does, the header-read timeout bounds the wait
-    /// (hyper-util reads the protocol preface without a timer of its own).
+    /// (hyper reads the first request without a timer of its own while the TLS stream is new).
     started: AtomicBool,
     /// When the last request finished, in milliseconds since `opened`.
     idle_since_ms: AtomicU64,
     opened: Instant,
-    /// This connection's slot under `PROXY_MAX_CONNECTIONS`; an upgraded tunnel takes a share, so
-    /// the slot is free only when both the connection and its tunnel are gone.
-    permit: Arc<OwnedSemaphorePermit>,
+    /// Whether bytes were written to the client since the last completed flush (HTTP/1.1).
+    pub(crate) unflushed: AtomicBool,
+    /// The upstream side of an accepted upgrade, joined to the client once hyper has written
+    /// the `101` (HTTP/1.1).
+    pub(crate) tunnel: Mutex<Option<OnUpgrade>>,
 }
 
 impl Connection {
@@ -263,19 +266,53 @@ impl Connection {
     fn request_finished(&self) {
         self.idle_since_ms
             .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.finished.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::Release);
     }
 
+    /// When the last request finished.
+    fn idle_since(&self) -> Instant {
+        self.opened + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed))
+    }
+
     /// When this connection is to be closed as idle, or `None` while a request is in flight.
-    fn idle_deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
+    pub(crate) fn idle_deadline(&self, timeouts: &Timeouts) -> Option<Instant> {
         if !self.started.load(Ordering::Relaxed) {
             return Some(self.opened + timeouts.header_read.min(timeouts.client_idle));
         }
         if self.in_flight.load(Ordering::Acquire) != 0 {
             return None;
         }
-        let since = Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
-        Some(self.opened + since + timeouts.client_idle)
+        Some(self.idle_since() + timeouts.client_idle)
+    }
+
+    /// Whether an HTTP/1.1 connection can be parked (see [`crate::http1`]): it served a request
+    /// since it was (re)started (`finished_before` is the count then), none is in flight,
+    /// everything written is flushed, and it has been idle for [`park_after`].
+    pub(crate) fn parkable(&self, finished_before: u64, timeouts: &Timeouts) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+            && self.finished.load(Ordering::Relaxed) != finished_before
+            && !self.unflushed.load(Ordering::Relaxed)
+            && self.idle_since() + park_after(timeouts) <= Instant::now()
+    }
+
+    /// When to look at the connection's timers next: when it may be parked, or else when it is
+    /// to be closed as idle. While a request is in flight, again after [`park_after`] (a timer
+    /// that fires a few times a second on a busy connection, instead of one reset per request).
+    pub(crate) fn next_check(&self, timeouts: &Timeouts) -> Instant {
+        let now = Instant::now();
+        let park_after = park_after(timeouts);
+        match self.idle_deadline(timeouts) {
+            None => now + park_after.min(timeouts.client_idle),
+            Some(deadline) => {
+                let park = self.idle_since() + park_after;
+                if self.started.load(Ordering::Relaxed) && park > now {
+                    park.min(deadline)
+                } else {
+                    deadline
+                }
+            }
+        }
     }
 }
 
@@ -314,8 +351,7 @@ async fn serve_connection(
         }
         match session.alpn_protocol() {
             Some(b"h2") => Alpn::Http2,
-            Some(b"http/1.1") => Alpn::Http1,
-            _ => Alpn::None,
+            _ => Alpn::Http1,
         }
     };
 
@@ -325,37 +361,44 @@ async fn serve_connection(
         proxy,
         peer_addr,
         in_flight: AtomicUsize::new(0),
+        finished: AtomicU64::new(0),
         started: AtomicBool::new(false),
         idle_since_ms: AtomicU64::new(0),
         opened,
-        permit: Arc::new(permit),
+        unflushed: AtomicBool::new(false),
+        tunnel: Mutex::new(None),
     });
-    let service = {
-        let conn = conn.clone();
-        service_fn(move |req| handle(conn.clone(), req))
-    };
-    let io = TokioIo::new(tls);
     match alpn {
-        Alpn::Http1 => {
-            let connection = builders.http1.serve_connection(io, service).with_upgrades();
-            drive(connection, |c| c.graceful_shutdown(), &conn, stop).await;
-        }
         Alpn::Http2 => {
-            let connection = builders.http2.serve_connection(io, service);
-            drive(connection, |c| c.graceful_shutdown(), &conn, stop).await;
+            let service = {
+                let conn = conn.clone();
+                service_fn(move |req| handle(conn.clone(), req))
+            };
+            // Boxed: HTTP/2's connection state is large (and an idle HTTP/1.1 connection's task
+            // would otherwise keep room for it).
+            let connection = Box::pin(builders.http2.serve_connection(TokioIo::new(tls), service));
+            drive(
+                connection,
+                |c| c.get_mut().as_mut().graceful_shutdown(),
+                &conn,
+                stop,
+            )
+            .await;
         }
-        Alpn::None => {
-            let connection = builders.auto.serve_connection_with_upgrades(io, service);
-            drive(connection, |c| c.graceful_shutdown(), &conn, stop).await;
+        Alpn::Http1 => {
+            let io = client_http1::ClientIo::new(tls, conn.clone());
+            client_http1::serve(io, conn, &builders.http1, stop).await;
         }
     }
+    // Held to here: the slot is free once the connection (or its tunnel) is gone.
+    drop(permit);
 }
 
-/// The protocol the TLS handshake agreed on.
+/// The protocol the TLS handshake agreed on. Without ALPN it is HTTP/1.1: HTTP/2 over TLS must
+/// be negotiated with ALPN (RFC 9113 §3.2).
 enum Alpn {
     Http1,
     Http2,
-    None,
 }
 
 /// Runs a client connection to its end: asks it to finish (`graceful_shutdown`) when the server
@@ -467,7 +510,7 @@ impl Body for ProxyBody {
     }
 }
 
-async fn handle(
+pub(crate) async fn handle(
     conn: Arc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
@@ -517,7 +560,6 @@ async fn handle(
                     &upstream,
                     &proxy.settings.timeouts,
                     &conn.peer,
-                    &conn.permit,
                     req,
                 )
                 .await
@@ -525,6 +567,9 @@ async fn handle(
             let response = match result {
                 Ok(forwarded) => {
                     log.upstream_time = Some(forwarded.upstream_time);
+                    if let Some(upgrade) = forwarded.upgrade {
+                        *conn.tunnel.lock().expect("tunnel slot") = Some(upgrade);
+                    }
                     forwarded.response.map(Either::Left)
                 }
                 Err(e) => {

@@ -16,7 +16,7 @@ use common::{collect, get, h1, try_h1, try_h2, TestPki, TestProxy, TestUpstream}
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn in_flight_request_completes_during_shutdown() {
@@ -106,6 +106,113 @@ async fn idle_client_connection_is_closed() {
         .unwrap();
     assert!(started.elapsed() >= Duration::from_millis(250));
     proxy.shutdown().await;
+}
+
+/// An idle HTTP/1.1 keep-alive connection is parked: hyper's connection (and its header-read
+/// timer) is gone, so only the client idle timeout ends it, and the next request is served on the
+/// same TLS connection.
+#[tokio::test]
+async fn parked_keep_alive_connection_serves_the_next_request_until_the_idle_timeout() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &[
+            "--header-read-timeout",
+            "200ms",
+            "--client-idle-timeout",
+            "1500ms",
+        ],
+    )
+    .await;
+    let tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let (mut client, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let (status, _, _) = collect(client.send_request(get("/one")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    // Idle for longer than the header-read timeout: a hyper connection waiting for the next
+    // request head would have closed by now.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, _, _) = collect(client.send_request(get("/two")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+    // Then the client idle timeout closes it.
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the proxy closed the idle connection")
+        .unwrap()
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.shutdown().await;
+}
+
+/// Requests that arrive pipelined, or split around the moment the connection is parked, are all
+/// answered in order on the one connection.
+#[tokio::test]
+async fn pipelined_and_split_requests_are_served_across_parking() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let head =
+        |path: &str, extra: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost{extra}\r\n\r\n");
+    let pipelined = head("/p1", "") + &head("/p2", "");
+    tls.write_all(pipelined.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&received, b"HTTP/1.1 200") < 2 {
+        let n = tokio::time::timeout_at(deadline.into(), tls.read(&mut buf))
+            .await
+            .expect("both pipelined responses")
+            .unwrap();
+        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    // Half a request head, a pause (the idle connection is parked by now), then the rest.
+    let last = head("/p3", "\r\nConnection: close");
+    let (first, rest) = last.split_at(20);
+    tls.write_all(first.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tls.write_all(rest.as_bytes()).await.unwrap();
+    tokio::time::timeout_at(deadline.into(), tls.read_to_end(&mut received))
+        .await
+        .expect("the last response and the close")
+        .ok();
+    assert_eq!(
+        count(&received, b"HTTP/1.1 200"),
+        3,
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    let paths: Vec<String> = upstream
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_owned())
+        .collect();
+    assert_eq!(paths, ["/p1", "/p2", "/p3"]);
+    proxy.shutdown().await;
+}
+
+fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .filter(|w| *w == needle)
+        .count()
 }
 
 fn without_upstream_flag(argv: &[OsString]) -> Vec<OsString> {

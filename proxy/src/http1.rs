@@ -1,0 +1,318 @@
+//! HTTP/1.1 client connections: serving requests with hyper, *parking* a keep-alive connection
+//! that has gone idle, and running an upgraded (WebSocket) connection's tunnel.
+//!
+//! Parking is how an idle keep-alive connection costs little memory. hyper keeps an 8 KB read
+//! buffer and an 8 KB write buffer for as long as its connection object lives, idle or not. So
+//! once a connection has finished its requests and flushed every byte, the proxy ends hyper's
+//! connection *without closing the socket* (`graceful_shutdown` + `poll_without_shutdown`), keeps
+//! only the TLS stream, and waits for the client's next bytes with a small buffer. When they
+//! come, a new hyper connection starts on the same TLS stream with those bytes in front. nginx
+//! does the same with its keep-alive buffers. While parked, the client idle timeout and the
+//! shutdown signal still apply.
+//!
+//! An upgrade is the other way a hyper connection ends without closing the socket: after the
+//! `101` the client's stream (with any bytes hyper had read past the request) is joined to the
+//! upstream's in this same task, so a tunnel holds the connection's slot and is part of the
+//! shutdown drain like any connection.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::{service_fn, Service};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::forward;
+use crate::server::{handle, Connection, ProxyBody};
+
+/// The first read of a parked connection: enough for a typical request head; the rest stays in
+/// the TLS layer until hyper reads it.
+const PARKED_READ: usize = 512;
+
+/// How long closing a connection (TLS `close_notify`, then FIN) may wait for a client that does
+/// not read.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The client's TLS stream as hyper sees it: bytes already read (by a parked connection, or left
+/// in the previous hyper connection's buffer) come first. It also records whether everything
+/// written has been flushed, because only then can the connection be parked without losing bytes.
+pub(crate) struct ClientIo {
+    /// Boxed: the stream is moved between hyper, the parked state and a tunnel, and each place
+    /// would otherwise keep room for its 1.2 KB in the connection's task.
+    tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    prefix: Bytes,
+    conn: Arc<Connection>,
+}
+
+impl ClientIo {
+    pub(crate) fn new(
+        tls: tokio_rustls::server::TlsStream<TcpStream>,
+        conn: Arc<Connection>,
+    ) -> ClientIo {
+        ClientIo {
+            tls: Box::new(tls),
+            prefix: Bytes::new(),
+            conn,
+        }
+    }
+
+    /// Puts `bytes` in front of what is still to be read.
+    fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.prefix.is_empty(), "the previous prefix was read first");
+        self.prefix = bytes;
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.conn.unflushed.store(true, Ordering::Relaxed);
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.conn.unflushed.store(true, Ordering::Relaxed);
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.tls).poll_flush(cx);
+        if let Poll::Ready(Ok(())) = poll {
+            self.conn.unflushed.store(false, Ordering::Relaxed);
+        }
+        poll
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// Why a hyper connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client closed, or the exchange ended the connection (`Connection: close`, an error).
+    Finished,
+    /// Idle with nothing left to write: park it.
+    Park,
+    /// The client idle timeout, or the server is shutting down: close it.
+    Close,
+}
+
+type Service1 = Box<
+    dyn Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+            Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>,
+        > + Send
+        + Sync,
+>;
+
+/// Serves an HTTP/1.1 connection until it is closed: requests while active, parked while idle,
+/// and the tunnel after an upgrade.
+pub(crate) async fn serve(
+    mut io: ClientIo,
+    conn: Arc<Connection>,
+    builder: &http1::Builder,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let service: Service1 = {
+            let conn = conn.clone();
+            // Boxed: parking polls the connection with `poll_without_shutdown`, which needs an
+            // `Unpin` request future.
+            Box::new(service_fn(move |req| {
+                let future: Pin<Box<dyn Future<Output = _> + Send>> =
+                    Box::pin(handle(conn.clone(), req));
+                future
+            }))
+        };
+        let finished_before = conn.finished.load(Ordering::Relaxed);
+        // Boxed, so that a parked connection's task does not keep room for it.
+        let hyper_conn = Box::new(builder.serve_connection(TokioIo::new(io), service));
+        let (result, parts) = run_hyper(hyper_conn, &conn, &mut stop, finished_before).await;
+        io = parts.io.into_inner();
+        let end = match result {
+            Ok(end) => end,
+            Err(e) => {
+                debug!(error = %e, "connection ended with an error");
+                return close(io).await;
+            }
+        };
+        // Bytes hyper read past the last message: the next request's start, or tunnel data.
+        let read_ahead = parts.read_buf;
+
+        let tunnel = conn.tunnel.lock().expect("tunnel slot").take();
+        if let Some(upstream) = tunnel {
+            io.unread(read_ahead);
+            let upstream_name = conn.proxy.live().upstream.to_string();
+            // Boxed: the copy's state is large, and only upgraded connections need it.
+            Box::pin(forward::tunnel(
+                io,
+                upstream,
+                upstream_name,
+                conn.proxy.settings().timeouts.client_idle,
+            ))
+            .await;
+            return;
+        }
+        match end {
+            End::Park if !read_ahead.is_empty() => io.unread(read_ahead),
+            End::Park => {
+                // Even empty, it holds on to hyper's whole read buffer.
+                drop(read_ahead);
+                match wait_parked(&mut io, &conn, &mut stop).await {
+                    Some(first) => io.unread(first),
+                    None => return close(io).await,
+                }
+            }
+            // After `Connection: close` or an exchange that raced the park (hyper then finishes
+            // that exchange with keep-alive off), the socket is closed like hyper would have.
+            End::Finished | End::Close => return close(io).await,
+        }
+    }
+}
+
+/// Polls a hyper connection until it ends, asking it to end (without closing the socket) when it
+/// is parkable, idle past the client idle timeout, or the server stops.
+async fn run_hyper(
+    mut hyper_conn: Box<http1::Connection<TokioIo<ClientIo>, Service1>>,
+    conn: &Connection,
+    stop: &mut watch::Receiver<bool>,
+    finished_before: u64,
+) -> (
+    Result<End, hyper::Error>,
+    http1::Parts<TokioIo<ClientIo>, Service1>,
+) {
+    let timeouts = conn.proxy.settings().timeouts;
+    let mut end = None;
+    if *stop.borrow() {
+        end = Some(End::Close);
+        Pin::new(&mut *hyper_conn).graceful_shutdown();
+    }
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
+    let idle_check = tokio::time::sleep_until(conn.next_check(&timeouts));
+    tokio::pin!(idle_check);
+    let mut finished_seen = finished_before;
+    let result = poll_fn(|cx| loop {
+        if let Poll::Ready(result) = hyper_conn.poll_without_shutdown(cx) {
+            return Poll::Ready(result.map(|()| end.unwrap_or(End::Finished)));
+        }
+        // hyper waits for the client, the upstream or the socket.
+        if end.is_some() {
+            return Poll::Pending;
+        }
+        // A request finished: the timer must fire by the time the connection may be parked.
+        // Only moved earlier (rarely); a timer that fires early just looks again.
+        let finished = conn.finished.load(Ordering::Relaxed);
+        if finished != finished_seen {
+            finished_seen = finished;
+            let next = conn.next_check(&timeouts);
+            if next < idle_check.deadline() {
+                idle_check.as_mut().reset(next);
+            }
+        }
+        // A closed channel means the server is gone: stop as well.
+        if stopped.as_mut().poll(cx).is_ready() {
+            end = Some(End::Close);
+        } else if conn.parkable(finished_before, &timeouts) {
+            end = Some(End::Park);
+        } else if idle_check.as_mut().poll(cx).is_ready() {
+            if conn
+                .idle_deadline(&timeouts)
+                .is_some_and(|deadline| deadline <= Instant::now())
+            {
+                debug!(phase = "client_idle", "closing idle connection");
+                end = Some(End::Close);
+            } else {
+                idle_check.as_mut().reset(conn.next_check(&timeouts));
+                // Polls the timer again, at its new deadline.
+                continue;
+            }
+        } else {
+            return Poll::Pending;
+        }
+        Pin::new(&mut *hyper_conn).graceful_shutdown();
+    })
+    .await;
+    (result, hyper_conn.into_parts())
+}
+
+/// Waits on a parked connection for the client's next bytes; `None` when it closed, the client
+/// idle timeout passed, or the server stops.
+async fn wait_parked(
+    io: &mut ClientIo,
+    conn: &Connection,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Bytes> {
+    let timeouts = conn.proxy.settings().timeouts;
+    let deadline = conn
+        .idle_deadline(&timeouts)
+        .unwrap_or_else(|| Instant::now() + timeouts.client_idle);
+    if *stop.borrow() {
+        return None;
+    }
+    let mut first = BytesMut::with_capacity(PARKED_READ);
+    tokio::select! {
+        read = io.read_buf(&mut first) => match read {
+            Ok(0) => None,
+            Ok(_) => Some(first.freeze()),
+            Err(e) => {
+                debug!(error = %e, "parked connection failed");
+                None
+            }
+        },
+        _ = stop.changed() => None,
+        () = tokio::time::sleep_until(deadline) => {
+            debug!(phase = "client_idle", "closing idle connection");
+            None
+        }
+    }
+}
+
+/// Closes the client connection: TLS `close_notify`, then the TCP FIN, within [`CLOSE_TIMEOUT`].
+async fn close(mut io: ClientIo) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+}
