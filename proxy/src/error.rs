@@ -20,14 +20,14 @@ pub enum ProxyError {
     Unreachable {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: crate::upstream::ConnectError,
     },
     /// The connection failed after the request was sent (reset, closed before a response).
     #[error("upstream {upstream} failed: {source}")]
     Upstream {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: hyper::Error,
     },
     /// No response head within the upstream response timeout.
     #[error("upstream {upstream} sent no response within {timeout:?}")]

@@ -18,9 +18,7 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -28,6 +26,7 @@ use tracing::{debug, warn};
 
 use crate::config::{Cidr, Limits, Timeouts, Upstream};
 use crate::error::ProxyError;
+use crate::upstream::{Checkout, ConnectError, Pool, PooledBody};
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
 /// idempotent request be sent again on a fresh connection).
@@ -71,7 +70,9 @@ impl http_body::Body for ClientBody {
 }
 
 /// The pooled upstream client. One per process; connections are reused across requests.
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+pub type UpstreamClient = Arc<Pool>;
+
+type Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -88,21 +89,9 @@ static SPOOFABLE: [HeaderName; 3] = [
 ];
 
 /// Builds the pooled upstream client: HTTP/1.1, TCP_NODELAY, bounded connect time, idle
-/// connections closed before the backend's keep-alive would close them. DNS is resolved for
-/// every new connection, so a replaced container behind the same name is found.
+/// connections closed before the backend's keep-alive would close them (see [`crate::upstream`]).
 pub fn client(timeouts: &Timeouts, limits: &Limits) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(timeouts.upstream_connect));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(timeouts.upstream_idle)
-        .pool_max_idle_per_host(limits.upstream_max_idle)
-        // `Host` is the client's; never replace it with the upstream's address.
-        .set_host(false)
-        .build(connector)
+    Pool::new(timeouts, limits)
 }
 
 /// The client connection's peer, with the header values derived from it once per connection.
@@ -346,7 +335,7 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// What an upstream exchange produced.
 pub struct Forwarded {
-    pub response: Response<Incoming>,
+    pub response: Response<PooledBody>,
     /// Time to the upstream's response head (both attempts, when retried).
     pub upstream_time: Duration,
     /// The upstream's side of an accepted upgrade (`101`), to be joined to the client's with
@@ -370,7 +359,7 @@ pub async fn forward(
     let upgrade = is_upgrade_request(parts.version, &parts.headers);
     // The client side of an upgrade is the connection itself (see `http1`), not hyper's.
     parts.extensions.remove::<OnUpgrade>();
-    prepare_parts(&mut parts, upstream, peer, upgrade);
+    prepare_parts(&mut parts, peer, upgrade);
 
     let retry_parts = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream())
         .then(|| clone_parts(&parts));
@@ -401,7 +390,7 @@ pub async fn forward(
         upstream: upstream.to_string(),
         timeout: timeouts.upstream_response,
     };
-    let request = client.request(Request::from_parts(parts, body));
+    let request = exchange(client, upstream, Request::from_parts(parts, body));
     let first = match body_sent {
         None => tokio::time::timeout_at(deadline, request)
             .await
@@ -418,19 +407,23 @@ pub async fn forward(
             }
         }
     };
-    let mut response = match (first, retry_parts) {
-        (Ok(response), _) => response,
-        (Err(e), Some(parts)) if !e.is_connect() => {
-            debug!(upstream = %upstream, error = %e, "retrying idempotent request on a fresh connection");
-            tokio::time::timeout_at(
-                deadline,
-                client.request(Request::from_parts(parts, Either::Right(Empty::new()))),
-            )
-            .await
-            .map_err(|_| timeout_error())?
-            .map_err(|e| upstream_error(upstream, e))?
+    let (mut response, sender) = match (first, retry_parts) {
+        (Ok(exchanged), _) => exchanged,
+        (
+            Err(Failure::Sent {
+                reused: true,
+                error,
+            }),
+            Some(parts),
+        ) => {
+            debug!(upstream = %upstream, error = %error, "retrying idempotent request on a fresh connection");
+            let request = Request::from_parts(parts, Either::Right(Empty::new()));
+            tokio::time::timeout_at(deadline, send_fresh(client, upstream, request))
+                .await
+                .map_err(|_| timeout_error())?
+                .map_err(|failure| failure.into_error(upstream))?
         }
-        (Err(e), _) => return Err(upstream_error(upstream, e)),
+        (Err(failure), _) => return Err(failure.into_error(upstream)),
     };
     let upstream_time = start.elapsed();
 
@@ -438,30 +431,89 @@ pub async fn forward(
     *response.version_mut() = Version::HTTP_11;
     let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(response.headers_mut(), upgraded);
-    let upgrade = upgraded.then(|| hyper::upgrade::on(&mut response));
+    let (upgrade, checkin) = if upgraded {
+        // An upgraded connection is the tunnel's, never the pool's.
+        (Some(hyper::upgrade::on(&mut response)), None)
+    } else {
+        (
+            None,
+            Some((client.clone(), upstream.authority.clone(), sender)),
+        )
+    };
     Ok(Forwarded {
-        response,
+        response: PooledBody::wrap(response, checkin),
         upstream_time,
         upgrade,
     })
 }
 
-fn upstream_error(upstream: &Upstream, source: hyper_util::client::legacy::Error) -> ProxyError {
-    if source.is_connect() {
-        ProxyError::Unreachable {
-            upstream: upstream.to_string(),
-            source,
-        }
-    } else {
-        ProxyError::Upstream {
-            upstream: upstream.to_string(),
-            source,
+/// How an exchange with the upstream failed.
+enum Failure {
+    Connect(ConnectError),
+    /// The request was (or may have been) written; `reused` says whether on a pooled connection.
+    Sent {
+        reused: bool,
+        error: hyper::Error,
+    },
+}
+
+impl Failure {
+    fn into_error(self, upstream: &Upstream) -> ProxyError {
+        let upstream = upstream.to_string();
+        match self {
+            Failure::Connect(source) => ProxyError::Unreachable { upstream, source },
+            Failure::Sent { error, .. } => ProxyError::Upstream {
+                upstream,
+                source: error,
+            },
         }
     }
 }
 
+/// Sends `req` on a pooled connection, or a new one, up to the response head. A request that never
+/// left because its pooled connection had been closed meanwhile goes out again on a new connection,
+/// whatever its method: the upstream has not seen it.
+async fn exchange(
+    pool: &Pool,
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Sender), Failure> {
+    let Checkout { mut sender, reused } =
+        pool.checkout(upstream).await.map_err(Failure::Connect)?;
+    match sender.try_send_request(req).await {
+        Ok(response) => Ok((response, sender)),
+        Err(mut e) => match e.take_message() {
+            Some(req) if reused => {
+                debug!(upstream = %upstream, "pooled connection closed before the request left; sending on a new one");
+                send_fresh(pool, upstream, req).await
+            }
+            _ => Err(Failure::Sent {
+                reused,
+                error: e.into_error(),
+            }),
+        },
+    }
+}
+
+/// Sends `req` on a new connection.
+async fn send_fresh(
+    pool: &Pool,
+    upstream: &Upstream,
+    req: Request<UpstreamBody>,
+) -> Result<(Response<Incoming>, Sender), Failure> {
+    let mut sender = pool.connect(upstream).await.map_err(Failure::Connect)?;
+    let response = sender
+        .send_request(req)
+        .await
+        .map_err(|error| Failure::Sent {
+            reused: false,
+            error,
+        })?;
+    Ok((response, sender))
+}
+
 /// Rewrites the request head for the upstream: its URI, version and headers.
-fn prepare_parts(parts: &mut Parts, upstream: &Upstream, peer: &Peer, upgrade: bool) {
+fn prepare_parts(parts: &mut Parts, peer: &Peer, upgrade: bool) {
     let received = parts.version;
     // Room for what is added below (Host, X-Forwarded-For/Proto/Host, Forwarded, Via): one
     // growth of the map instead of several as the headers go in one by one.
@@ -488,11 +540,8 @@ fn prepare_parts(parts: &mut Parts, upstream: &Upstream, peer: &Peer, upgrade: b
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(upstream.scheme.clone());
-    uri.authority = Some(upstream.authority.clone());
-    uri.path_and_query = Some(path);
-    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path make a valid URI");
+    // Origin form (`/path?query`): the connection already goes to the upstream.
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
 }
 

@@ -29,3 +29,4 @@ mod http1;
 pub mod server;
 pub mod signal;
 pub mod tls;
+pub mod upstream;

@@ -34,6 +34,7 @@ use crate::cors::{self, Policy, RequestInfo, Verdict};
 use crate::error::{ProxyError, ReloadError};
 use crate::forward::{self, Peer, UpstreamClient};
 use crate::http1 as client_http1;
+use crate::upstream::PooledBody;
 
 /// Reloads the TLS material (wired to `tls::CertStore::reload` by `main`); on error the old pair
 /// must keep serving.
@@ -452,7 +453,7 @@ async fn drive<C, E>(
 /// The body of every response the proxy sends: the upstream's stream or a proxy-made body,
 /// counting bytes and writing the access-log line when it ends or is dropped.
 pub struct ProxyBody {
-    inner: Either<Incoming, Full<Bytes>>,
+    inner: Either<PooledBody, Full<Bytes>>,
     log: AccessLog,
 }
 

@@ -489,3 +489,112 @@ async fn plain_http_listener_redirects_to_https() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
 }
+
+/// An upstream that reports each connection it accepts and each one that ends. `/slow` answers
+/// after 300 ms, so that concurrent requests need one connection each.
+async fn observed_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let events = events.clone();
+            let _ = events.send("accepted");
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"ok")),
+                        ))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                let _ = events.send("closed");
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// Waits for the next upstream event, failing after 5 s.
+async fn next_event(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) -> &'static str {
+    tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("an upstream event within 5 s")
+        .expect("upstream running")
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_then_closed_after_the_idle_timeout() {
+    let pki = TestPki::new();
+    let (upstream, mut events) = observed_upstream().await;
+    let proxy = TestProxy::start(&pki, upstream, &["--upstream-idle-timeout", "300ms"]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    for _ in 0..3 {
+        let (status, _, _) = collect(client.send_request(get("/")).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let idle_from = std::time::Instant::now();
+    assert_eq!(next_event(&mut events).await, "accepted");
+    // The one pooled connection served all three, and is closed once idle for the timeout.
+    assert_eq!(next_event(&mut events).await, "closed");
+    assert!(
+        idle_from.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        idle_from.elapsed()
+    );
+    // The next request opens a new connection.
+    let (status, _, _) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(next_event(&mut events).await, "accepted");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_max_idle_bounds_the_pool() {
+    let pki = TestPki::new();
+    let (upstream, mut events) = observed_upstream().await;
+    let proxy = TestProxy::start(&pki, upstream, &["--upstream-max-idle", "1"]).await;
+    let client = h2::<Empty<Bytes>>(&pki, proxy.addr).await;
+    // Three at once need three upstream connections.
+    let port = proxy.addr.port();
+    let requests: Vec<_> = (0..3)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let request = Request::builder()
+                    .version(Version::HTTP_2)
+                    .uri(format!("https://localhost:{port}/slow"))
+                    .body(Empty::new())
+                    .unwrap();
+                collect(client.send_request(request).await.unwrap()).await.0
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), StatusCode::OK);
+    }
+    for _ in 0..3 {
+        assert_eq!(next_event(&mut events).await, "accepted");
+    }
+    // Only one may stay idle: the other two are closed at once (the idle timeout is 4 s).
+    for _ in 0..2 {
+        assert_eq!(next_event(&mut events).await, "closed");
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.recv())
+            .await
+            .is_err(),
+        "the one idle connection is kept"
+    );
+    proxy.shutdown().await;
+}
