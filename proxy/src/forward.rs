@@ -418,7 +418,8 @@ pub async fn forward(
         ) => {
             debug!(upstream = %upstream, error = %error, "retrying idempotent request on a fresh connection");
             let request = Request::from_parts(parts, Either::Right(Empty::new()));
-            tokio::time::timeout_at(deadline, send_fresh(client, upstream, request))
+            // Boxed: a rare path, kept out of every request's future (which is moved per request).
+            tokio::time::timeout_at(deadline, Box::pin(send_fresh(client, upstream, request)))
                 .await
                 .map_err(|_| timeout_error())?
                 .map_err(|failure| failure.into_error(upstream))?
@@ -485,7 +486,7 @@ async fn exchange(
         Err(mut e) => match e.take_message() {
             Some(req) if reused => {
                 debug!(upstream = %upstream, "pooled connection closed before the request left; sending on a new one");
-                send_fresh(pool, upstream, req).await
+                Box::pin(send_fresh(pool, upstream, req)).await
             }
             _ => Err(Failure::Sent {
                 reused,

@@ -126,7 +126,9 @@ impl Pool {
                 reused: true,
             });
         }
-        self.connect(upstream).await.map(|sender| Checkout {
+        // Boxed: connecting is the rare path, and its future would otherwise make every
+        // request's future larger (which is moved, hence copied, per request).
+        Box::pin(self.connect(upstream)).await.map(|sender| Checkout {
             sender,
             reused: false,
         })
