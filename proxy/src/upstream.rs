@@ -128,10 +128,12 @@ impl Pool {
         }
         // Boxed: connecting is the rare path, and its future would otherwise make every
         // request's future larger (which is moved, hence copied, per request).
-        Box::pin(self.connect(upstream)).await.map(|sender| Checkout {
-            sender,
-            reused: false,
-        })
+        Box::pin(self.connect(upstream))
+            .await
+            .map(|sender| Checkout {
+                sender,
+                reused: false,
+            })
     }
 
     /// A new connection, never a pooled one.
