@@ -238,7 +238,15 @@ async fn run_hyper(
     let mut finished_seen = finished_before;
     let result = poll_fn(|cx| loop {
         if let Poll::Ready(result) = hyper_conn.poll_without_shutdown(cx) {
-            return Poll::Ready(result.map(|()| end.unwrap_or(End::Finished)));
+            let end = match end {
+                // An exchange that hyper had begun when asked to end was finished with keep-alive
+                // off (`Connection: close`): the connection is done, not parked.
+                Some(End::Park) if conn.finished.load(Ordering::Relaxed) != finished_seen => {
+                    End::Finished
+                }
+                end => end.unwrap_or(End::Finished),
+            };
+            return Poll::Ready(result.map(|()| end));
         }
         // hyper waits for the client, the upstream or the socket.
         if end.is_some() {

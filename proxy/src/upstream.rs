@@ -179,13 +179,17 @@ impl Pool {
         if self.max_idle == 0 {
             return;
         }
+        // Outside the runtime (a body dropped while it shuts down) there is nothing to return to.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if !sender.is_ready() {
             // hyper has not yet seen the end of the exchange (e.g. the request body is still being
             // written after an early response): wait for it off the request path.
             if !sender.is_closed() {
                 let pool = self.clone();
                 let wait = self.idle_timeout;
-                tokio::spawn(async move {
+                runtime.spawn(async move {
                     let mut sender = sender;
                     if let Ok(Ok(())) = tokio::time::timeout(wait, sender.ready()).await {
                         pool.push(authority, sender);
@@ -197,6 +201,7 @@ impl Pool {
         self.push(authority, sender);
     }
 
+    /// Adds an idle connection; starts the reaper if none runs. Called within the runtime.
     fn push(self: &Arc<Self>, authority: Authority, sender: Sender) {
         let mut state = self.state.lock().expect("pool lock");
         if state.idle.len() >= self.max_idle {
