@@ -191,6 +191,32 @@ async fn upgrade_is_joined_both_ways() {
 }
 
 #[tokio::test]
+async fn an_open_tunnel_runs_on_through_the_shutdown_grace_period() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let mut proxy = TestProxy::start(&pki, upstream.addr, &["--shutdown-grace", "1s"]).await;
+    let mut io = open_tunnel(&pki, proxy.addr).await;
+    let began = std::time::Instant::now();
+    proxy.begin_shutdown();
+    // Still joined while the server drains.
+    io.write_all(b"during the drain").await.unwrap();
+    let mut echoed = [0u8; 16];
+    io.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"during the drain");
+    // The drain waits for the tunnel, up to the grace period.
+    tokio::time::timeout(Duration::from_secs(10), proxy.join())
+        .await
+        .expect("run() returns after the grace period");
+    assert!(
+        began.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_idle_tunnel_is_closed_and_counts_against_the_connection_limit() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
