@@ -71,8 +71,14 @@ impl ClientIo {
 
     /// Puts `bytes` in front of what is still to be read.
     fn unread(&mut self, bytes: Bytes) {
-        debug_assert!(self.prefix.is_empty(), "the previous prefix was read first");
-        self.prefix = bytes;
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else if !bytes.is_empty() {
+            let mut joined = BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
+        }
     }
 }
 
@@ -197,6 +203,13 @@ pub(crate) async fn serve(
             .await;
             return;
         }
+        // A client may send CRLF after a body; a server ignores empty lines before a request
+        // (RFC 9112 §2.2), and keeping them would stop the connection from being parked again.
+        let read_ahead = if read_ahead.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            Bytes::new()
+        } else {
+            read_ahead
+        };
         match end {
             End::Park if !read_ahead.is_empty() => io.unread(read_ahead),
             End::Park => {
@@ -207,8 +220,8 @@ pub(crate) async fn serve(
                     None => return close(io).await,
                 }
             }
-            // After `Connection: close` or an exchange that raced the park (hyper then finishes
-            // that exchange with keep-alive off), the socket is closed like hyper would have.
+            // After `Connection: close`, the client closing, or the end the proxy asked for.
+            // (hyper has usually closed the TLS stream already; closing again is harmless.)
             End::Finished | End::Close => return close(io).await,
         }
     }
@@ -233,23 +246,43 @@ async fn run_hyper(
     }
     let stopped = stop.changed();
     tokio::pin!(stopped);
-    let idle_check = tokio::time::sleep_until(conn.next_check(&timeouts));
+    let first_check = match end {
+        Some(_) => Instant::now() + timeouts.client_idle,
+        None => conn.next_check(&timeouts),
+    };
+    let idle_check = tokio::time::sleep_until(first_check);
     tokio::pin!(idle_check);
     let mut finished_seen = finished_before;
     let result = poll_fn(|cx| loop {
-        if let Poll::Ready(result) = hyper_conn.poll_without_shutdown(cx) {
-            let end = match end {
-                // An exchange that hyper had begun when asked to end was finished with keep-alive
-                // off (`Connection: close`): the connection is done, not parked.
-                Some(End::Park) if conn.finished.load(Ordering::Relaxed) != finished_seen => {
-                    End::Finished
-                }
-                end => end.unwrap_or(End::Finished),
-            };
-            return Poll::Ready(result.map(|()| end));
+        let polled = if end == Some(End::Park) {
+            // Only when parking: `poll_without_shutdown` keeps the socket open, but it also skips
+            // flushing what hyper still buffers for a connection that ends after `Connection:
+            // close`, which `poll` does before closing. (Both stop without closing at an upgrade.)
+            hyper_conn.poll_without_shutdown(cx)
+        } else {
+            Pin::new(&mut *hyper_conn).poll(cx)
+        };
+        if let Poll::Ready(result) = polled {
+            return Poll::Ready(result.map(|()| end.unwrap_or(End::Finished)));
         }
         // hyper waits for the client, the upstream or the socket.
         if end.is_some() {
+            // Ending: hyper finishes the exchange in progress, if any. One that a client stalls
+            // with nothing in flight (an upload nobody reads any more) is cut after the client
+            // idle timeout.
+            if idle_check.as_mut().poll(cx).is_ready() {
+                if conn.idle_deadline(&timeouts).is_some() {
+                    debug!(
+                        phase = "client_idle",
+                        "closing a connection that did not finish"
+                    );
+                    return Poll::Ready(Ok(End::Close));
+                }
+                idle_check
+                    .as_mut()
+                    .reset(Instant::now() + timeouts.client_idle);
+                continue;
+            }
             return Poll::Pending;
         }
         // A request finished: the timer must fire by the time the connection may be parked.
@@ -282,7 +315,12 @@ async fn run_hyper(
         } else {
             return Poll::Pending;
         }
+        // An idle connection ends at once (a partly read request head comes back in the parts);
+        // one with an exchange in progress finishes it first, with keep-alive off.
         Pin::new(&mut *hyper_conn).graceful_shutdown();
+        idle_check
+            .as_mut()
+            .reset(Instant::now() + timeouts.client_idle);
     })
     .await;
     (result, hyper_conn.into_parts())

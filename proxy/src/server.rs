@@ -244,7 +244,7 @@ pub(crate) struct Connection {
     /// Requests whose response has finished.
     pub(crate) finished: AtomicU64,
     /// Whether any request arrived yet: until one does, the header-read timeout bounds the wait
-    /// (hyper reads the first request without a timer of its own while the TLS stream is new).
+    /// (HTTP/2 has no header-read timer of its own).
     started: AtomicBool,
     /// When the last request finished, in milliseconds since `opened`.
     idle_since_ms: AtomicU64,

@@ -138,7 +138,8 @@ impl Pool {
 
     /// A new connection, never a pooled one.
     pub async fn connect(&self, upstream: &Upstream) -> Result<Sender, ConnectError> {
-        let tcp = tokio::time::timeout(self.connect_timeout, connect_tcp(&upstream.authority))
+        let connect = connect_tcp(&upstream.authority, self.connect_timeout);
+        let tcp = tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
         if let Err(e) = tcp.set_nodelay(true) {
@@ -246,20 +247,36 @@ async fn reap(pool: Weak<Pool>) {
 }
 
 /// Resolves the authority (again for every new connection, so a replaced container behind the
-/// same name is found) and connects to the first address that accepts.
-async fn connect_tcp(authority: &Authority) -> Result<TcpStream, ConnectError> {
+/// same name is found) and connects to the first address that accepts. With several addresses,
+/// each but the last gets an equal share of `timeout`, so one that drops packets (an IPv6 address
+/// without a route) cannot use up the whole of it; the caller bounds the total.
+async fn connect_tcp(authority: &Authority, timeout: Duration) -> Result<TcpStream, ConnectError> {
     // `[::1]` is bracketed in a URL, not for the resolver.
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     let port = authority.port_u16().unwrap_or(80);
-    let addrs = tokio::net::lookup_host((host, port))
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
-        .map_err(ConnectError::Resolve)?;
+        .map_err(ConnectError::Resolve)?
+        .collect();
+    let share = timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
     let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
+    for (i, &addr) in addrs.iter().enumerate() {
+        let attempt = TcpStream::connect(addr);
+        let result = if i + 1 < addrs.len() {
+            match tokio::time::timeout(share, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {share:?}; trying the next address"),
+                )),
+            }
+        } else {
+            attempt.await
+        };
+        match result {
             Ok(tcp) => return Ok(tcp),
             Err(e) => last = Some(ConnectError::Connect(addr, e)),
         }

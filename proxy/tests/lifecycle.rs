@@ -208,6 +208,111 @@ async fn pipelined_and_split_requests_are_served_across_parking() {
     proxy.shutdown().await;
 }
 
+/// A CRLF after a request body (some clients send one) does not keep the connection from being
+/// parked: it stays open past the header-read timeout and serves the next request.
+#[tokio::test]
+async fn a_crlf_after_a_body_does_not_stop_parking() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &[
+            "--header-read-timeout",
+            "200ms",
+            "--client-idle-timeout",
+            "5s",
+        ],
+    )
+    .await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let post = "POST /collect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nab\r\n";
+    tls.write_all(post.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // `/collect` answers with the body's length: "2".
+    while !received.ends_with(b"\r\n\r\n2") {
+        let n = tokio::time::timeout_at(deadline.into(), tls.read(&mut buf))
+            .await
+            .expect("the POST's response")
+            .unwrap();
+        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    // Longer than the header-read timeout: only a parked connection is still open.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let get = "GET /after HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    tls.write_all(get.as_bytes()).await.unwrap();
+    tokio::time::timeout_at(deadline.into(), tls.read_to_end(&mut received))
+        .await
+        .expect("the GET's response and the close")
+        .ok();
+    assert_eq!(
+        count(&received, b"HTTP/1.1 200"),
+        2,
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    assert_eq!(upstream.last().uri.path(), "/after");
+    proxy.shutdown().await;
+}
+
+/// A client that stops sending a request body the upstream did not wait for (it answered early)
+/// does not hold its connection for ever: it is closed after the client idle timeout.
+#[tokio::test]
+async fn a_stalled_upload_after_an_early_response_is_closed() {
+    // An upstream that answers as soon as the head is in and keeps the connection open without
+    // closing it, so the proxy goes on waiting for the rest of the client's body.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Reads the body as it comes, never closing first.
+                let mut sink = [0u8; 4096];
+                while tcp.read(&mut sink).await.unwrap_or(0) != 0 {}
+            });
+        }
+    });
+    let pki = TestPki::new();
+    let proxy = TestProxy::start(&pki, upstream, &["--client-idle-timeout", "500ms"]).await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    // The client sends 10 of 100,000 bytes and stalls.
+    let head = "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100000\r\n\r\n0123456789";
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut received)).await;
+    assert!(
+        closed.is_ok(),
+        "still open: {}",
+        String::from_utf8_lossy(&received)
+    );
+    assert_eq!(
+        count(&received, b"HTTP/1.1 200"),
+        1,
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+    proxy.shutdown().await;
+}
+
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
     haystack
         .windows(needle.len())
