@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, trace};
 
 use crate::forward;
 use crate::server::{handle, Connection, ProxyBody};
@@ -205,16 +205,15 @@ pub(crate) async fn serve(
         }
         // A client may send CRLF after a body; a server ignores empty lines before a request
         // (RFC 9112 §2.2), and keeping them would stop the connection from being parked again.
-        let read_ahead = if read_ahead.iter().all(|b| matches!(b, b'\r' | b'\n')) {
-            Bytes::new()
-        } else {
-            read_ahead
+        // (Matched by value, so that a discarded buffer is dropped here, not kept while parked.)
+        let read_ahead = match read_ahead {
+            crlf if crlf.iter().all(|b| matches!(b, b'\r' | b'\n')) => Bytes::new(),
+            bytes => bytes,
         };
         match end {
             End::Park if !read_ahead.is_empty() => io.unread(read_ahead),
             End::Park => {
-                // Even empty, it holds on to hyper's whole read buffer.
-                drop(read_ahead);
+                trace!("connection parked");
                 match wait_parked(&mut io, &conn, &mut stop).await {
                     Some(first) => io.unread(first),
                     None => return close(io).await,

@@ -172,16 +172,11 @@ async fn pipelined_and_split_requests_are_served_across_parking() {
     let pipelined = head("/p1", "") + &head("/p2", "");
     tls.write_all(pipelined.as_bytes()).await.unwrap();
     let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&received, b"HTTP/1.1 200") < 2 {
-        let n = tokio::time::timeout_at(deadline.into(), tls.read(&mut buf))
-            .await
-            .expect("both pipelined responses")
-            .unwrap();
-        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&received));
-        received.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut tls, &mut received, deadline, |r| {
+        count(r, b"HTTP/1.1 200") == 2
+    })
+    .await;
     // Half a request head, a pause (the idle connection is parked by now), then the rest.
     let last = head("/p3", "\r\nConnection: close");
     let (first, rest) = last.split_at(20);
@@ -231,17 +226,12 @@ async fn a_crlf_after_a_body_does_not_stop_parking() {
     let post = "POST /collect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nab\r\n";
     tls.write_all(post.as_bytes()).await.unwrap();
     let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(10);
     // `/collect` answers with the body's length: "2".
-    while !received.ends_with(b"\r\n\r\n2") {
-        let n = tokio::time::timeout_at(deadline.into(), tls.read(&mut buf))
-            .await
-            .expect("the POST's response")
-            .unwrap();
-        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(&received));
-        received.extend_from_slice(&buf[..n]);
-    }
+    read_until(&mut tls, &mut received, deadline, |r| {
+        r.ends_with(b"\r\n\r\n2")
+    })
+    .await;
     // Longer than the header-read timeout: only a parked connection is still open.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let get = "GET /after HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
@@ -311,6 +301,24 @@ async fn a_stalled_upload_after_an_early_response_is_closed() {
         String::from_utf8_lossy(&received)
     );
     proxy.shutdown().await;
+}
+
+/// Reads from `tls` into `received` until `done` says so; fails on EOF or after `deadline`.
+async fn read_until(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    received: &mut Vec<u8>,
+    deadline: Instant,
+    done: impl Fn(&[u8]) -> bool,
+) {
+    let mut buf = [0u8; 4096];
+    while !done(received) {
+        let n = tokio::time::timeout_at(deadline.into(), tls.read(&mut buf))
+            .await
+            .expect("the response before the deadline")
+            .unwrap();
+        assert_ne!(n, 0, "closed early: {}", String::from_utf8_lossy(received));
+        received.extend_from_slice(&buf[..n]);
+    }
 }
 
 fn count(haystack: &[u8], needle: &[u8]) -> usize {
