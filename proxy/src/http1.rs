@@ -163,22 +163,24 @@ pub(crate) async fn serve(
     builder: &http1::Builder,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Made once per connection: each hyper connection hands it back in its parts.
+    let mut service: Service1 = {
+        let conn = conn.clone();
+        // Boxed: parking polls the connection with `poll_without_shutdown`, which needs an
+        // `Unpin` request future.
+        Box::new(service_fn(move |req| {
+            let future: Pin<Box<dyn Future<Output = _> + Send>> =
+                Box::pin(handle(conn.clone(), req));
+            future
+        }))
+    };
     loop {
-        let service: Service1 = {
-            let conn = conn.clone();
-            // Boxed: parking polls the connection with `poll_without_shutdown`, which needs an
-            // `Unpin` request future.
-            Box::new(service_fn(move |req| {
-                let future: Pin<Box<dyn Future<Output = _> + Send>> =
-                    Box::pin(handle(conn.clone(), req));
-                future
-            }))
-        };
         let finished_before = conn.finished.load(Ordering::Relaxed);
         // Boxed, so that a parked connection's task does not keep room for it.
         let hyper_conn = Box::new(builder.serve_connection(TokioIo::new(io), service));
         let (result, parts) = run_hyper(hyper_conn, &conn, &mut stop, finished_before).await;
         io = parts.io.into_inner();
+        service = parts.service;
         let end = match result {
             Ok(end) => end,
             Err(e) => {
