@@ -143,17 +143,19 @@ def descendants(pid):
     return out
 
 
-def cpu_seconds(pids):
+def cpu_split(pids):
+    """(user, kernel) CPU seconds used so far by the processes."""
     tck = os.sysconf("SC_CLK_TCK")
-    total = 0
+    user = kernel = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])  # utime
+            kernel += int(fields[12])  # stime
         except (OSError, IndexError, ValueError):
             pass
-    return total / tck
+    return user / tck, kernel / tck
 
 
 def rss_kb(pids):
@@ -439,10 +441,15 @@ def download(peer, _duration):
 def measured(peer, fn, *a):
     """Runs one workload and adds the terminator's CPU use (fraction of one core) and core use."""
     peer.refresh_pids()
-    c0, b0, t0 = cpu_seconds(peer.pids), core_busy(), time.monotonic()
+    (u0, k0), b0, t0 = cpu_split(peer.pids), core_busy(), time.monotonic()
     res = fn(peer, *a)
-    c1, b1, t1 = cpu_seconds(peer.pids), core_busy(), time.monotonic()
-    res["cpu"] = (c1 - c0) / (t1 - t0)
+    (u1, k1), b1, t1 = cpu_split(peer.pids), core_busy(), time.monotonic()
+    res["cpu"] = (u1 - u0 + k1 - k0) / (t1 - t0)
+    # Where a request's CPU time goes: the terminator's own code (user) or the kernel (the
+    # loopback TCP path, which costs every peer about the same per request and syscall).
+    if res.get("rps"):
+        res["user_us"] = (u1 - u0) / (t1 - t0) / res["rps"] * 1e6
+        res["kernel_us"] = (k1 - k0) / (t1 - t0) / res["rps"] * 1e6
     for core in (PROXY_CORE, LOAD_CORE):
         busy = b1[core][0] - b0[core][0]
         total = b1[core][1] - b0[core][1]
@@ -499,9 +506,13 @@ FIGURES = [
     ("h1.p50_ms", "  p50 latency ms", "{:.2f}", None),
     ("h1.p99_ms", "  p99 latency ms", "{:.2f}", None),
     ("h1.cpu", "  proxy CPU (cores)", "{:.2f}", None),
+    ("h1.user_us", "  proxy user CPU µs per request", "{:.1f}", None),
+    ("h1.kernel_us", "  proxy kernel CPU µs per request", "{:.1f}", None),
     ("h2.rps", f"HTTP/2 req/s ({H2_CONNS} conns × {H2_STREAMS} streams)", "{:,.0f}", None),
     ("h2.rps_per_core", "  … per busy proxy core", "{:,.0f}", None),
     ("h2.cpu", "  proxy CPU (cores)", "{:.2f}", None),
+    ("h2.user_us", "  proxy user CPU µs per request", "{:.1f}", None),
+    ("h2.kernel_us", "  proxy kernel CPU µs per request", "{:.1f}", None),
     ("full.rps", "New TLS 1.3 conns/s, full handshake", "{:,.0f}", None),
     ("full.rps_per_core", "  … per busy proxy core", "{:,.0f}", None),
     ("full.cpu", "  proxy CPU (cores)", "{:.2f}", None),

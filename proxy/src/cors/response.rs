@@ -1,6 +1,7 @@
 //! The response side of CORS: the proxy owns every `Access-Control-*` header on a forwarded
 //! response (the app's are replaced, exactly one `Allow-Origin`), and merges `Origin` into `Vary`.
 
+use http::header::Entry;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS,
     SET_COOKIE, VARY,
@@ -130,22 +131,25 @@ fn response_header_names(headers: &HeaderMap) -> Option<HeaderValue> {
 /// Adds `Origin` to `Vary` unless it is already listed or `Vary: *` (RFC 9110 §12.5.5). Several
 /// `Vary` lines are merged into one.
 fn merge_vary_origin(headers: &mut HeaderMap) {
-    let mut present = false;
-    for value in headers.get_all(VARY) {
-        present = true;
-        for item in value.as_bytes().split(|&b| b == b',') {
-            let item = item.trim_ascii();
-            if item == b"*" || item.eq_ignore_ascii_case(b"origin") {
-                return;
-            }
+    // One lookup through the entry (this runs for every forwarded response).
+    let mut entry = match headers.entry(VARY) {
+        Entry::Vacant(vacant) => {
+            vacant.insert(HeaderValue::from_static("Origin"));
+            return;
         }
-    }
-    if !present {
-        headers.insert(VARY, HeaderValue::from_static("Origin"));
+        Entry::Occupied(entry) => entry,
+    };
+    let listed = entry.iter().any(|value| {
+        value.as_bytes().split(|&b| b == b',').any(|item| {
+            let item = item.trim_ascii();
+            item == b"*" || item.eq_ignore_ascii_case(b"origin")
+        })
+    });
+    if listed {
         return;
     }
     let mut merged = Vec::new();
-    for value in headers.get_all(VARY) {
+    for value in entry.iter() {
         let value = value.as_bytes().trim_ascii();
         if !value.is_empty() {
             merged.extend_from_slice(value);
@@ -155,12 +159,10 @@ fn merge_vary_origin(headers: &mut HeaderMap) {
     merged.extend_from_slice(b"Origin");
     match HeaderValue::from_bytes(&merged) {
         Ok(v) => {
-            headers.insert(VARY, v);
+            entry.insert(v);
         }
         // Cannot happen (built from valid values), but a separate line means the same.
-        Err(_) => {
-            headers.append(VARY, HeaderValue::from_static("Origin"));
-        }
+        Err(_) => entry.append(HeaderValue::from_static("Origin")),
     }
 }
 
