@@ -6,7 +6,9 @@ works in VMs without hardware counters) while the workload runs, and writes a fl
 (self time per symbol and per library) for each workload.
 `--tool callgrind`: runs the proxy under valgrind's callgrind for a fixed request count and reports
 instructions per request, which is repeatable to a fraction of a percent: the figure to compare
-before and after a change. Everything stays on 127.0.0.1; output goes to results/raw/profile-*/.
+before and after a change; `--peer nginx` counts nginx's (same configuration as in the bench, run
+as one process) for comparison. Everything stays on 127.0.0.1; output goes to
+results/raw/profile-*/.
 """
 
 import argparse
@@ -85,28 +87,54 @@ def perf_profile(args, procs, workdir, backend_port, outdir):
     return summary
 
 
+def start_under_callgrind(peer_name, args, procs, workdir, backend_port, out):
+    """Starts `peer_name` (proxy, proxy-cors or nginx) under callgrind with instrumentation off."""
+    # Instrumentation starts only after start-up and warm-up (callgrind_control -i on), so the
+    # count is the steady state's: aws-lc's start-up entropy alone is ~300 M.
+    valgrind = f"valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file={out}"
+    bench.READY_TIMEOUT_S = 120.0
+    if peer_name == "nginx":
+        # The same configuration as in the bench, in one process (no master), so that the
+        # process under callgrind is the one doing the work. An `nginx` wrapper first on PATH
+        # is what `start_peer` runs; the backend, already started, keeps the real one.
+        bindir = os.path.join(workdir, "callgrind-bin")
+        os.makedirs(bindir, exist_ok=True)
+        real = subprocess.run(["sh", "-c", "command -v nginx"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        wrapper = os.path.join(bindir, "nginx")
+        with open(wrapper, "w") as f:
+            f.write(f"#!/bin/sh\nexec {valgrind} {real} -g 'master_process off;' \"$@\"\n")
+        os.chmod(wrapper, 0o755)
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        os.environ["PATH"] = f"{bindir}:{path}"
+        try:
+            return bench.start_peer("nginx", args, procs, workdir, backend_port)
+        finally:
+            os.environ["PATH"] = path
+    real_bin = args.proxy_bin
+    wrapper = os.path.join(workdir, "proxy-under-callgrind")
+    with open(wrapper, "w") as f:
+        f.write(f"#!/bin/sh\nexec {valgrind} {real_bin} \"$@\"\n")
+    os.chmod(wrapper, 0o755)
+    args.proxy_bin = wrapper
+    try:
+        return bench.start_peer(peer_name, args, procs, workdir, backend_port)
+    finally:
+        args.proxy_bin = real_bin
+
+
 def callgrind_profile(args, procs, workdir, backend_port, outdir):
     summary = []
     for wl in args.workloads:
         if wl not in ("h1", "cors", "h2"):
             print(f"{wl}: skipped under callgrind (handshake counts: use --tool perf)")
             continue
-        name = "proxy-cors" if wl == "cors" else "proxy"
-        out = os.path.join(outdir, f"{wl}.callgrind.out")
-        real_bin = args.proxy_bin
-        wrapper = os.path.join(workdir, "proxy-under-callgrind")
-        with open(wrapper, "w") as f:
-            # Instrumentation starts only after start-up and warm-up (callgrind_control -i on), so
-            # the count is the steady state's: aws-lc's start-up entropy alone is ~300 M.
-            f.write("#!/bin/sh\nexec valgrind --tool=callgrind --instr-atstart=no "
-                    f"--callgrind-out-file={out} {real_bin} \"$@\"\n")
-        os.chmod(wrapper, 0o755)
-        args.proxy_bin = wrapper
-        try:
-            bench.READY_TIMEOUT_S = 120.0
-            peer = bench.start_peer(name, args, procs, workdir, backend_port)
-        finally:
-            args.proxy_bin = real_bin
+        if args.peer == "nginx" and wl == "cors":
+            print("cors: skipped for nginx (no CORS policy there)")
+            continue
+        name = args.peer if args.peer == "nginx" else ("proxy-cors" if wl == "cors" else "proxy")
+        out = os.path.join(outdir, f"{name}-{wl}.callgrind.out")
+        peer = start_under_callgrind(name, args, procs, workdir, backend_port, out)
         headers = [] if wl != "cors" else ["-H", f"Origin: {bench.ALLOWED_ORIGIN}"]
         # Warm-up: the connections and the upstream pool exist before counting starts.
         subprocess.run(["taskset", "-c", bench.LOAD_CORE, "h2load", "-t1", "-c", "8", "-n", "800",
@@ -125,11 +153,11 @@ def callgrind_profile(args, procs, workdir, backend_port, outdir):
         procs.stop(peer.proc)  # SIGTERM: callgrind writes its output as the proxy exits
         ann = subprocess.run(["callgrind_annotate", "--inclusive=no", out], capture_output=True,
                              text=True, timeout=600)
-        with open(os.path.join(outdir, f"{wl}.callgrind.txt"), "w") as f:
+        with open(os.path.join(outdir, f"{name}-{wl}.callgrind.txt"), "w") as f:
             f.write(ann.stdout)
         total = re.search(r"([\d,]+) \(100.0%\)\s+PROGRAM TOTALS", ann.stdout)
         ir = int(total.group(1).replace(",", "")) if total else 0
-        line = (f"{wl}: {ok} requests, {ir / max(ok, 1):,.0f} instructions per request "
+        line = (f"{name} {wl}: {ok} requests, {ir / max(ok, 1):,.0f} instructions per request "
                 f"(connection set-up of {CALLGRIND_CONNS_NOTE} included)")
         summary.append(line)
         print(line, flush=True)
@@ -144,6 +172,9 @@ def main(argv):
     ap.add_argument("--tool", choices=["perf", "callgrind"], default=None,
                     help="default: perf when it can sample here, else callgrind")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--peer", choices=["proxy", "nginx"], default="proxy",
+                    help="what --tool callgrind counts (nginx: the bench's config, one process); "
+                         "perf always profiles the proxy")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--keep-data", action="store_true", help="keep perf.data for perf report")
     ap.add_argument("--nice", type=int, default=-20 if os.geteuid() == 0 else 0)
