@@ -144,8 +144,9 @@ impl Peer {
         // A copy of the host, not a clone: a parsed value is a view into hyper's read buffer,
         // and holding it would keep that whole buffer alive for the connection's life (+4 KB
         // per idle connection, measured).
-        let host = HeaderValue::from_bytes(host.as_bytes()).ok()?;
-        *cached = Some((host, element.clone()));
+        if let Ok(host) = HeaderValue::from_bytes(host.as_bytes()) {
+            *cached = Some((host, element.clone()));
+        }
         Some(element)
     }
 }
