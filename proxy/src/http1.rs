@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
+use crate::config::Timeouts;
 use crate::forward;
 use crate::server::{handle, Connection, ProxyBody};
 
@@ -92,9 +93,15 @@ impl AsyncRead for ClientIo {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            self.conn.bytes_arrived();
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.tls).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.tls).poll_read(cx, buf);
+        if buf.filled().len() != before {
+            self.conn.bytes_arrived();
+        }
+        poll
     }
 }
 
@@ -143,7 +150,13 @@ enum End {
     Park,
     /// The client idle timeout, or the server is shutting down: close it.
     Close,
+    /// A request head did not arrive within the header-read timeout: answer `408`, close.
+    HeadTimeout,
 }
+
+/// The answer to a request head that did not arrive in time (hyper's own, when it kept the timer).
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 type Service1 = Box<
     dyn Service<
@@ -215,6 +228,8 @@ pub(crate) async fn serve(
         match end {
             End::Park if !read_ahead.is_empty() => io.unread(read_ahead),
             End::Park => {
+                // Nothing of a next request is here: no header-read timeout runs while parked.
+                conn.no_head();
                 trace!("connection parked");
                 match wait_parked(&mut io, &conn, &mut stop).await {
                     Some(first) => io.unread(first),
@@ -224,6 +239,15 @@ pub(crate) async fn serve(
             // After `Connection: close`, the client closing, or the end the proxy asked for.
             // (hyper has usually closed the TLS stream already; closing again is harmless.)
             End::Finished | End::Close => return close(io).await,
+            End::HeadTimeout => {
+                // Nothing of an earlier response is left to write (a client that does not read
+                // gets no answer): the `408` goes straight to the stream.
+                if !conn.unflushed.load(Ordering::Relaxed) {
+                    let _ =
+                        tokio::time::timeout(CLOSE_TIMEOUT, io.write_all(REQUEST_TIMEOUT)).await;
+                }
+                return close(io).await;
+            }
         }
     }
 }
@@ -247,13 +271,10 @@ async fn run_hyper(
     }
     let stopped = stop.changed();
     tokio::pin!(stopped);
-    let first_check = match end {
-        Some(_) => Instant::now() + timeouts.client_idle,
-        None => conn.next_check(&timeouts),
-    };
-    let idle_check = tokio::time::sleep_until(first_check);
+    // Fires at least every quarter second (see `Connection::next_check`), and looks at the
+    // connection's deadlines each time: one timer per connection, not one reset per request.
+    let idle_check = tokio::time::sleep_until(conn.next_check(&timeouts));
     tokio::pin!(idle_check);
-    let mut finished_seen = finished_before;
     let result = poll_fn(|cx| loop {
         let polled = if end == Some(End::Park) {
             // Only when parking: `poll_without_shutdown` keeps the socket open, but it also skips
@@ -269,49 +290,37 @@ async fn run_hyper(
         // hyper waits for the client, the upstream or the socket.
         if end.is_some() {
             // Ending: hyper finishes the exchange in progress, if any. One that a client stalls
-            // with nothing in flight (an upload nobody reads any more) is cut after the client
-            // idle timeout.
+            // with nothing in flight (an upload nobody reads any more, a request head that does
+            // not complete) is cut at its idle or header-read deadline.
             if idle_check.as_mut().poll(cx).is_ready() {
-                if conn.idle_deadline(&timeouts).is_some() {
-                    debug!(
-                        phase = "client_idle",
-                        "closing a connection that did not finish"
-                    );
-                    return Poll::Ready(Ok(End::Close));
+                if let Some(expired) = expired(conn, &timeouts) {
+                    return Poll::Ready(Ok(expired));
                 }
-                idle_check
-                    .as_mut()
-                    .reset(Instant::now() + timeouts.client_idle);
+                idle_check.as_mut().reset(conn.next_check(&timeouts));
                 continue;
             }
             return Poll::Pending;
         }
-        // A request finished: the timer must fire by the time the connection may be parked.
-        // Only moved earlier (rarely); a timer that fires early just looks again.
-        let finished = conn.finished.load(Ordering::Relaxed);
-        if finished != finished_seen {
-            finished_seen = finished;
-            let next = conn.next_check(&timeouts);
-            if next < idle_check.deadline() {
-                idle_check.as_mut().reset(next);
-            }
-        }
         // A closed channel means the server is gone: stop as well.
         if stopped.as_mut().poll(cx).is_ready() {
             end = Some(End::Close);
-        } else if conn.parkable(finished_before, &timeouts) {
-            end = Some(End::Park);
         } else if idle_check.as_mut().poll(cx).is_ready() {
-            if conn
-                .idle_deadline(&timeouts)
-                .is_some_and(|deadline| deadline <= Instant::now())
-            {
-                debug!(phase = "client_idle", "closing idle connection");
-                end = Some(End::Close);
+            // (Parkable is looked at only here: the timer fires when the connection may be.)
+            if conn.parkable(finished_before, &timeouts) {
+                end = Some(End::Park);
             } else {
-                idle_check.as_mut().reset(conn.next_check(&timeouts));
-                // Polls the timer again, at its new deadline.
-                continue;
+                match expired(conn, &timeouts) {
+                    // hyper waits for the rest of the head (asked to end, it would go on
+                    // waiting for a first request): it is left at once. No request is in
+                    // flight, so it holds nothing to write but what `unflushed` tells of.
+                    Some(End::HeadTimeout) => return Poll::Ready(Ok(End::HeadTimeout)),
+                    Some(_) => end = Some(End::Close),
+                    None => {
+                        idle_check.as_mut().reset(conn.next_check(&timeouts));
+                        // Polls the timer again, at its new deadline.
+                        continue;
+                    }
+                }
             }
         } else {
             return Poll::Pending;
@@ -319,12 +328,27 @@ async fn run_hyper(
         // An idle connection ends at once (a partly read request head comes back in the parts);
         // one with an exchange in progress finishes it first, with keep-alive off.
         Pin::new(&mut *hyper_conn).graceful_shutdown();
-        idle_check
-            .as_mut()
-            .reset(Instant::now() + timeouts.client_idle);
+        idle_check.as_mut().reset(conn.next_check(&timeouts));
     })
     .await;
     (result, hyper_conn.into_parts())
+}
+
+/// How the connection ends if its idle or header-read deadline has passed.
+fn expired(conn: &Connection, timeouts: &Timeouts) -> Option<End> {
+    if conn.idle_deadline(timeouts)? > Instant::now() {
+        return None;
+    }
+    if conn.head_started() {
+        debug!(
+            phase = "header_read",
+            "closing a connection whose request head did not arrive in time"
+        );
+        Some(End::HeadTimeout)
+    } else {
+        debug!(phase = "client_idle", "closing idle connection");
+        Some(End::Close)
+    }
 }
 
 /// Waits on a parked connection for the client's next bytes; `None` when it closed, the client

@@ -390,6 +390,47 @@ async fn hung_upstream_is_504() {
     proxy.shutdown().await;
 }
 
+/// The same over HTTP/1.1, where the response timer is armed late (the connection's own timer
+/// polls the request again): the first request of a new connection, and one on a keep-alive
+/// connection that was idle (parked) meanwhile and goes out on a pooled upstream connection
+/// (nothing else wakes it), both get their `504` on time.
+#[tokio::test]
+async fn hung_upstream_is_504_over_http1() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &["--upstream-response-timeout", "300ms"],
+    )
+    .await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    for round in 0..2 {
+        if round == 1 {
+            // An upstream connection for the pool, then idle long enough to be parked: the next
+            // request starts a new hyper connection and reuses the pooled one.
+            let (status, _, _) = collect(client.send_request(get("/ok")).await.unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let started = std::time::Instant::now();
+        let (status, _, _) = collect(client.send_request(get("/hang")).await.unwrap()).await;
+        let waited = started.elapsed();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "round {round}");
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        // The timeout plus at most one tick of the connection's timer (0.25 s), with room for
+        // a loaded machine; a timer never armed would leave it to the client idle timeout.
+        assert!(waited < Duration::from_secs(3), "{waited:?}");
+    }
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    proxy.shutdown().await;
+}
+
 /// A raw upstream whose first connection answers one request with keep-alive, then closes as the
 /// second request arrives (the race a pooled connection meets when the backend's keep-alive
 /// expires); later connections answer normally.

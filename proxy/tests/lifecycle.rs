@@ -401,6 +401,94 @@ async fn client_that_sends_nothing_after_the_handshake_is_dropped() {
     proxy.shutdown().await;
 }
 
+/// A request head that does not arrive within the header-read timeout (counted from its first
+/// byte, not reset by more bytes trickling in) is answered `408` and the connection closed: on a
+/// new connection, and on a keep-alive one whose idle time (longer than the timeout) does not
+/// count.
+#[tokio::test]
+async fn a_request_head_that_trickles_in_past_the_header_read_timeout_gets_408() {
+    const TIMEOUT: Duration = Duration::from_millis(400);
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &[
+            "--header-read-timeout",
+            "400ms",
+            "--client-idle-timeout",
+            "20s",
+        ],
+    )
+    .await;
+    type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+    // Writes a head in pieces 100 ms apart, never finishing it, while reading what comes back
+    // until the proxy closes: returns that and the time from the first piece to the close.
+    async fn slow_head(tls: Tls) -> (Vec<u8>, Duration) {
+        let (mut read, mut write) = tokio::io::split(tls);
+        let first = Instant::now();
+        // 1.6 s of pieces: a timeout restarted by each would answer after 1.9 s at the earliest.
+        let pieces = [
+            "GET /slow HTTP/1.1\r\n".to_owned(),
+            "Host: localhost\r\n".to_owned(),
+        ]
+        .into_iter()
+        .chain((0..14).map(|i| format!("X-{i}: {i}\r\n")));
+        let writer = async {
+            for piece in pieces {
+                if write.write_all(piece.as_bytes()).await.is_err() || write.flush().await.is_err()
+                {
+                    // Closed by the proxy: what it answered is read below.
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        let reader = async {
+            let mut received = Vec::new();
+            let _ = read.read_to_end(&mut received).await;
+            (received, first.elapsed())
+        };
+        tokio::select! {
+            biased;
+            out = reader => out,
+            () = writer => panic!("the whole slow head went out and the proxy neither answered nor closed"),
+        }
+    }
+    let check = |(received, waited): (Vec<u8>, Duration)| {
+        assert!(
+            received.starts_with(b"HTTP/1.1 408 "),
+            "{}",
+            String::from_utf8_lossy(&received)
+        );
+        assert!(waited >= TIMEOUT - Duration::from_millis(20), "{waited:?}");
+    };
+
+    // A new connection.
+    let tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    check(slow_head(tls).await);
+
+    // A keep-alive connection: one request, idle for longer than the timeout, then a slow head.
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    read_until(&mut tls, &mut received, deadline, |r| {
+        count(r, b"HTTP/1.1 200") == 1 && r.ends_with(b"hello")
+    })
+    .await;
+    tokio::time::sleep(TIMEOUT * 2).await;
+    check(slow_head(tls).await);
+    assert_eq!(upstream.seen().len(), 1);
+    proxy.shutdown().await;
+}
+
 /// Client tasks per protocol in the steady-load drain test.
 const LOAD_TASKS_PER_PROTOCOL: usize = 3;
 /// Responses completed before the shutdown is triggered, so it lands mid-load.
