@@ -12,6 +12,11 @@ use proxy::{cors, devcert, healthcheck, signal, tls};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
+mod allocator;
+
+#[global_allocator]
+static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
+
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let cli = match config::parse(&argv, &signal::process_env()) {

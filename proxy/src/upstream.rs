@@ -168,7 +168,7 @@ impl Pool {
             }
             // Ready means idle and open (it was ready when returned; not ready now means the
             // upstream closed it). Another authority is a pre-reload upstream.
-            if idle.sender.is_ready() && idle.authority == *authority {
+            if idle.sender.is_ready() && same_authority(&idle.authority, authority) {
                 return Some(idle.sender);
             }
         }
@@ -218,6 +218,12 @@ impl Pool {
             tokio::spawn(reap(Arc::downgrade(self)));
         }
     }
+}
+
+/// Whether two authorities are the same. Usually they share one buffer (the pool keeps a clone of
+/// the live upstream's), which settles it without the case-insensitive comparison.
+fn same_authority(a: &Authority, b: &Authority) -> bool {
+    std::ptr::eq(a.as_str(), b.as_str()) || a == b
 }
 
 /// Closes idle connections as they pass the idle timeout; ends when the pool is empty.
@@ -340,5 +346,25 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_compare_by_buffer_then_by_value() {
+        let live: Authority = "app:8000".parse().unwrap();
+        let pooled = live.clone();
+        assert!(same_authority(&pooled, &live));
+        // Another buffer with the same name (a reload that kept the upstream), in another case.
+        let reparsed: Authority = "APP:8000".parse().unwrap();
+        assert!(same_authority(&reparsed, &live));
+        let other: Authority = "app:8001".parse().unwrap();
+        assert!(!same_authority(&other, &live));
+        // A prefix of the same text is not the same authority.
+        let shorter: Authority = "app".parse().unwrap();
+        assert!(!same_authority(&shorter, &live));
     }
 }
