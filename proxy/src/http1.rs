@@ -92,14 +92,14 @@ impl AsyncRead for ClientIo {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
+            self.conn.bytes_arrived(&self.prefix[..n]);
             self.prefix.advance(n);
-            self.conn.bytes_arrived();
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.tls).poll_read(cx, buf);
         if buf.filled().len() != before {
-            self.conn.bytes_arrived();
+            self.conn.bytes_arrived(&buf.filled()[before..]);
         }
         poll
     }

@@ -5,9 +5,11 @@
 //!    sets TCP_NODELAY and completes the TLS handshake within the handshake timeout, with the
 //!    certificate [`tls::CertStore`] holds at that moment (ALPN `h2` or `http/1.1`).
 //! 2. ALPN picks the protocol: HTTP/2 is served by hyper's HTTP/2 connection; HTTP/1.1 (also
-//!    without ALPN) by `http1`, which parks an idle keep-alive connection without its buffers and
-//!    runs an upgraded connection's tunnel. Each request goes to the server's handler, which reads
-//!    the live configuration (upstream + CORS policy, swapped atomically on reload) without a lock.
+//!    without ALPN) by `http1`, which parks an idle keep-alive connection without its buffers,
+//!    keeps the header-read and idle deadlines on one timer per connection (not one per request),
+//!    and runs an upgraded connection's tunnel. Each request goes to the server's handler, which
+//!    reads the live configuration (upstream + CORS policy, swapped atomically on reload) without
+//!    a lock.
 //! 3. [`cors::evaluate`] decides: answer now (preflight, refusal) or forward with CORS headers to add.
 //! 4. [`forward::forward`] strips hop-by-hop headers, sets `X-Forwarded-*`, `Forwarded` and `Via`,
 //!    and sends the request over the one pooled upstream client, streaming the body; a stale pooled

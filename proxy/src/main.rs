@@ -1,5 +1,6 @@
 //! The `proxy` binary: parses the configuration, starts logging, binds the listeners and hands
-//! them to the library; helper subcommands (`cert`, `healthcheck`) are dispatched here.
+//! them to the library; helper subcommands (`cert`, `healthcheck`) are dispatched here. The
+//! process's allocator (mimalloc, see `allocator`) is chosen here too.
 
 use std::ffi::OsString;
 use std::process::ExitCode;

@@ -271,13 +271,15 @@ impl Connection {
         }
     }
 
-    /// Bytes came from the client (HTTP/1.1). With no request in flight they are the start of a
-    /// request head, and the header-read timeout runs from the first of them. (Body bytes that
-    /// come after the response has ended, to an upstream that answered early, count as well: the
-    /// rest of such an upload is bounded by the header-read timeout.)
-    pub(crate) fn bytes_arrived(&self) {
+    /// `bytes` came from the client (HTTP/1.1). With no request in flight they are the start of a
+    /// request head, and the header-read timeout runs from the first of them; empty lines before
+    /// a request (the CRLF some clients send after a body) are not. (Body bytes that come after
+    /// the response has ended, to an upstream that answered early, count as well: the rest of
+    /// such an upload is bounded by the header-read timeout.)
+    pub(crate) fn bytes_arrived(&self, bytes: &[u8]) {
         if self.in_flight.load(Ordering::Relaxed) == 0
             && self.head_since_ms.load(Ordering::Relaxed) == NO_HEAD
+            && !bytes.iter().all(|b| matches!(b, b'\r' | b'\n'))
         {
             let ms = self.opened.elapsed().as_millis() as u64;
             self.head_since_ms
@@ -285,7 +287,7 @@ impl Connection {
         }
     }
 
-    /// What came was no request head after all (the CRLF some clients send after a body).
+    /// Nothing of a request head is pending (the connection is parked with nothing read ahead).
     pub(crate) fn no_head(&self) {
         self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
     }
