@@ -271,10 +271,13 @@ async fn run_hyper(
     }
     let stopped = stop.changed();
     tokio::pin!(stopped);
-    // Fires at least every quarter second (see `Connection::next_check`), and looks at the
-    // connection's deadlines each time: one timer per connection, not one reset per request.
-    let idle_check = tokio::time::sleep_until(conn.next_check(&timeouts));
+    // One timer per connection, not one reset per request: it ticks at least every quarter
+    // second while a request is in flight or the connection may soon be parked (`near`), and
+    // looks at the connection's deadlines each time it fires (see `Connection::next_check`).
+    let (first_check, mut near) = conn.next_check(&timeouts);
+    let idle_check = tokio::time::sleep_until(first_check);
     tokio::pin!(idle_check);
+    let mut seen = (conn.requests_started(), conn.head_started());
     let result = poll_fn(|cx| loop {
         let polled = if end == Some(End::Park) {
             // Only when parking: `poll_without_shutdown` keeps the socket open, but it also skips
@@ -296,10 +299,25 @@ async fn run_hyper(
                 if let Some(expired) = expired(conn, &timeouts) {
                     return Poll::Ready(Ok(expired));
                 }
-                idle_check.as_mut().reset(conn.next_check(&timeouts));
+                let (at, is_near) = conn.next_check(&timeouts);
+                idle_check.as_mut().reset(at);
+                near = is_near;
                 continue;
             }
             return Poll::Pending;
+        }
+        // A timer set far off (an idle spell) is brought near when a request starts (its
+        // response timer needs the tick) or a request head starts to come (its deadline).
+        if !near {
+            let now_seen = (conn.requests_started(), conn.head_started());
+            if now_seen != seen {
+                seen = now_seen;
+                let (at, is_near) = conn.next_check(&timeouts);
+                if at < idle_check.deadline() {
+                    idle_check.as_mut().reset(at);
+                    near = is_near;
+                }
+            }
         }
         // A closed channel means the server is gone: stop as well.
         if stopped.as_mut().poll(cx).is_ready() {
@@ -316,7 +334,9 @@ async fn run_hyper(
                     Some(End::HeadTimeout) => return Poll::Ready(Ok(End::HeadTimeout)),
                     Some(_) => end = Some(End::Close),
                     None => {
-                        idle_check.as_mut().reset(conn.next_check(&timeouts));
+                        let (at, is_near) = conn.next_check(&timeouts);
+                        idle_check.as_mut().reset(at);
+                        near = is_near;
                         // Polls the timer again, at its new deadline.
                         continue;
                     }
@@ -328,7 +348,9 @@ async fn run_hyper(
         // An idle connection ends at once (a partly read request head comes back in the parts);
         // one with an exchange in progress finishes it first, with keep-alive off.
         Pin::new(&mut *hyper_conn).graceful_shutdown();
-        idle_check.as_mut().reset(conn.next_check(&timeouts));
+        let (at, is_near) = conn.next_check(&timeouts);
+        idle_check.as_mut().reset(at);
+        near = is_near;
     })
     .await;
     (result, hyper_conn.into_parts())

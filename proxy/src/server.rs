@@ -327,6 +327,12 @@ impl Connection {
             return None;
         }
         let idle = self.idle_since() + timeouts.client_idle;
+        // While hyper still has an earlier response to write, the "head" may be a pipelined
+        // request waiting for it (hyper starts no request while its output is queued), and the
+        // client that does not read is bounded by the idle timeout.
+        if self.unflushed.load(Ordering::Relaxed) {
+            return Some(idle);
+        }
         Some(match self.head_deadline(timeouts) {
             Some(head) => head.min(idle),
             None => idle,
@@ -343,26 +349,32 @@ impl Connection {
             && self.idle_since() + park_after(timeouts) <= Instant::now()
     }
 
-    /// When to look at an HTTP/1.1 connection's timers next: when it may be parked, or when it
-    /// is to be closed as idle, and never later than [`park_after`] from now: a timer that fires
-    /// a few times a second on a busy connection, instead of one reset per request. That tick
-    /// also polls the request in flight again, which its deferred response timer relies on
+    /// When to look at an HTTP/1.1 connection's timers next, and whether that is within
+    /// [`park_after`] of now: when it may be parked, or when it is to be closed as idle; while a
+    /// request is in flight, after [`park_after`] (a timer that ticks a few times a second on a
+    /// busy connection, instead of one reset per request). That tick also polls the request in
+    /// flight again, which its deferred response timer relies on
     /// ([`forward::ResponseTimer::Deferred`]).
-    pub(crate) fn next_check(&self, timeouts: &Timeouts) -> Instant {
+    pub(crate) fn next_check(&self, timeouts: &Timeouts) -> (Instant, bool) {
         let now = Instant::now();
         let park_after = park_after(timeouts);
-        let tick = now + park_after;
-        match self.idle_deadline(timeouts) {
-            None => tick,
+        let at = match self.idle_deadline(timeouts) {
+            None => now + park_after,
             Some(deadline) => {
                 let park = self.idle_since() + park_after;
                 if self.started.load(Ordering::Relaxed) && park > now {
                     park.min(deadline)
                 } else {
-                    deadline.min(tick)
+                    deadline
                 }
             }
-        }
+        };
+        (at, at <= now + park_after)
+    }
+
+    /// Requests started on this connection (finished or in flight).
+    pub(crate) fn requests_started(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed) as u64
     }
 }
 
