@@ -290,7 +290,20 @@ async fn run_hyper(
         if let Poll::Ready(result) = polled {
             return Poll::Ready(result.map(|()| end.unwrap_or(End::Finished)));
         }
-        // hyper waits for the client, the upstream or the socket.
+        // hyper waits for the client, the upstream or the socket. A timer set far off (an idle
+        // spell) is brought near when a request starts (its response timer needs the tick) or a
+        // request head starts to come (its deadline), ending or not.
+        if !near {
+            let now_seen = (conn.requests_started(), conn.head_started());
+            if now_seen != seen {
+                seen = now_seen;
+                let (at, is_near) = conn.next_check(&timeouts);
+                if at < idle_check.deadline() {
+                    idle_check.as_mut().reset(at);
+                    near = is_near;
+                }
+            }
+        }
         if end.is_some() {
             // Ending: hyper finishes the exchange in progress, if any. One that a client stalls
             // with nothing in flight (an upload nobody reads any more, a request head that does
@@ -305,19 +318,6 @@ async fn run_hyper(
                 continue;
             }
             return Poll::Pending;
-        }
-        // A timer set far off (an idle spell) is brought near when a request starts (its
-        // response timer needs the tick) or a request head starts to come (its deadline).
-        if !near {
-            let now_seen = (conn.requests_started(), conn.head_started());
-            if now_seen != seen {
-                seen = now_seen;
-                let (at, is_near) = conn.next_check(&timeouts);
-                if at < idle_check.deadline() {
-                    idle_check.as_mut().reset(at);
-                    near = is_near;
-                }
-            }
         }
         // A closed channel means the server is gone: stop as well.
         if stopped.as_mut().poll(cx).is_ready() {
