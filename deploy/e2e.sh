@@ -266,7 +266,7 @@ published="$(docker ps --filter "label=com.docker.compose.project=$project" --fo
 check "the only published ports are the proxy's 8443 and its redirect 8080, both on the pod: $published" \
     bash -c "[ \"\$(grep -o -- '->[0-9]*/tcp' <<<'$published' | sort -u | tr '\n' ' ')\" = '->8080/tcp ->8443/tcp ' ] && [ \"\$(grep -c . <<<'$published')\" = 1 ]"
 req_plain="$(curl -sS --max-time "$REQUEST_TIMEOUT" -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$http_port/auth/login?state=2")"
-check "the plain-HTTP port redirects: $req_plain" bash -c "grep -Eq '^308 https://127.0.0.1:8443/auth/login\\?state=2$' <<<'$req_plain'"
+check "the plain-HTTP port redirects to the published https port: $req_plain" bash -c "grep -Eq '^308 https://127.0.0.1:$port/auth/login\\?state=2$' <<<'$req_plain'"
 app_pid="$(state '{{.State.Pid}}' app)"
 if [ -r "/proc/$app_pid/net/tcp" ]; then
     # Listening sockets of the shared namespace: 127.0.0.1:8000 is 0100007F:1F40, state 0A is LISTEN.

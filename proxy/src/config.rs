@@ -121,6 +121,10 @@ pub struct ProxyArgs {
     /// Also listen on this plain-HTTP address and answer every request with 308 to https.
     #[arg(long, env = "PROXY_REDIRECT_HTTP", value_name = "ADDR")]
     pub redirect_http: Option<String>,
+    /// The https port the redirect names (default: the port the proxy listens on). Set it when
+    /// HTTPS is published under another port; 443 leaves the port out of the URL.
+    #[arg(long, env = "PROXY_REDIRECT_HTTPS_PORT", value_name = "PORT")]
+    pub redirect_https_port: Option<String>,
     /// Comma-separated peer networks (CIDR or address) whose X-Forwarded-*/Forwarded are kept.
     #[arg(long, env = "PROXY_TRUSTED_PROXIES", value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
@@ -401,6 +405,8 @@ pub struct Settings {
     /// The precomputed `Strict-Transport-Security` value, when enabled.
     pub hsts: Option<HeaderValue>,
     pub redirect_http: Option<SocketAddr>,
+    /// The port the redirect names; `None`: the port the HTTPS listener is bound to.
+    pub redirect_https_port: Option<u16>,
     pub trusted_proxies: Vec<Cidr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
@@ -415,6 +421,32 @@ impl Settings {
             .as_deref()
             .map(|v| parse_addr("PROXY_REDIRECT_HTTP", v))
             .transpose()?;
+        let redirect_https_port = args
+            .redirect_https_port
+            .as_deref()
+            .map(|v| {
+                v.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|&port| port != 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            "PROXY_REDIRECT_HTTPS_PORT",
+                            v,
+                            "use the port number (1-65535) clients reach HTTPS on, e.g. 443",
+                        )
+                    })
+            })
+            .transpose()?;
+        if let (Some(port), None) = (redirect_https_port, redirect_http) {
+            // Only the redirect listener uses it: alone it would be a setting that does nothing.
+            return Err(invalid(
+                "PROXY_REDIRECT_HTTPS_PORT",
+                &port.to_string(),
+                "it is the port the plain-HTTP redirect names, and PROXY_REDIRECT_HTTP \
+                 (--redirect-http) is not set: set that too, or remove this",
+            ));
+        }
         let log_format = match args.log_format.to_ascii_lowercase().as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -494,6 +526,7 @@ impl Settings {
             log_format,
             hsts,
             redirect_http,
+            redirect_https_port,
             trusted_proxies,
             timeouts,
             limits,
@@ -658,6 +691,38 @@ mod tests {
             (&["--max-header-bytes", "100"], "PROXY_MAX_HEADER_BYTES"),
             (&["--max-connections", "0"], "PROXY_MAX_CONNECTIONS"),
             (&["--redirect-http", ":80"], "PROXY_REDIRECT_HTTP"),
+            (
+                &[
+                    "--redirect-http",
+                    "0.0.0.0:80",
+                    "--redirect-https-port",
+                    "0",
+                ],
+                "PROXY_REDIRECT_HTTPS_PORT",
+            ),
+            (
+                &[
+                    "--redirect-http",
+                    "0.0.0.0:80",
+                    "--redirect-https-port",
+                    "65536",
+                ],
+                "PROXY_REDIRECT_HTTPS_PORT",
+            ),
+            (
+                &[
+                    "--redirect-http",
+                    "0.0.0.0:80",
+                    "--redirect-https-port",
+                    "https",
+                ],
+                "PROXY_REDIRECT_HTTPS_PORT",
+            ),
+            // Without the redirect listener it would do nothing.
+            (
+                &["--redirect-https-port", "443"],
+                "PROXY_REDIRECT_HTTPS_PORT",
+            ),
         ];
         for (flags, setting) in cases {
             let mut args = vec!["--env-file", "/dev/null"];

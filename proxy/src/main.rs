@@ -139,10 +139,13 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
 
         let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(redirect) = redirect {
-            // The bound HTTPS port, which differs from the setting when that asks for port 0.
-            let port = listener
-                .local_addr()
-                .map_or(settings.listen.port(), |a| a.port());
+            // The public HTTPS port if set, else the bound one (which differs from the setting
+            // when that asks for port 0).
+            let port = settings.redirect_https_port.unwrap_or_else(|| {
+                listener
+                    .local_addr()
+                    .map_or(settings.listen.port(), |a| a.port())
+            });
             let timeout = settings.timeouts.header_read;
             tokio::spawn(server::serve_redirect(
                 redirect,

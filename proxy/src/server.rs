@@ -114,6 +114,7 @@ impl Proxy {
         let fixed = &self.settings;
         if settings.listen != fixed.listen
             || settings.redirect_http != fixed.redirect_http
+            || settings.redirect_https_port != fixed.redirect_https_port
             || settings.timeouts != fixed.timeouts
             || settings.limits != fixed.limits
             || settings.tls_cert != fixed.tls_cert

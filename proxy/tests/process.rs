@@ -1,7 +1,7 @@
 //! The `proxy` binary as a process: start-up errors exit 64 naming the setting or file (also a
 //! certificate file without a certificate and a key that does not match); a running proxy
-//! reads `.env`, serves HTTPS and the plain-HTTP redirect, reloads its certificate on SIGHUP and
-//! exits 0 after SIGTERM.
+//! reads `.env`, serves HTTPS and the plain-HTTP redirect (naming the published HTTPS port when
+//! told it), reloads its certificate on SIGHUP and exits 0 after SIGTERM.
 
 mod common;
 
@@ -60,6 +60,11 @@ fn start_up_errors_exit_64_and_name_the_setting() {
             "PROXY_UPSTREAM_RESPONSE_TIMEOUT",
         ),
         (&["--max-connections", "many"], &[], "--max-connections"),
+        (
+            &[],
+            &[("PROXY_REDIRECT_HTTPS_PORT", "443")],
+            "PROXY_REDIRECT_HTTP (--redirect-http) is not set",
+        ),
         (&["--no-such-flag"], &[], "--no-such-flag"),
         (&["--tls-cert", "nope/cert.pem"], &[], "nope/cert.pem"),
         (
@@ -217,6 +222,45 @@ async fn served_certificate(pki: &TestPki, addr: std::net::SocketAddr) -> Vec<u8
     tls.get_ref().1.peer_certificates().expect("certificate")[0].to_vec()
 }
 
+/// The `Location` the plain-HTTP listener at `addr` answers for `path` (with a 308).
+async fn redirect_location(addr: std::net::SocketAddr, path: &str) -> String {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut plain, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let (status, headers, _) = collect(plain.send_request(get(path)).await.unwrap()).await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    headers["location"].to_str().unwrap().to_owned()
+}
+
+/// HTTPS published under another port than the proxy's own (443 → 8443 in a container): the
+/// redirect names the published one, and 443 not at all.
+#[tokio::test]
+async fn redirect_names_the_published_https_port() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let dir = common::temp_dir("redirect-port");
+    let upstream_url = format!("http://{}", upstream.addr);
+    for (port, expected) in [
+        ("443", "https://localhost/a?b"),
+        ("9443", "https://localhost:9443/a?b"),
+    ] {
+        let running = spawn_proxy(
+            &dir,
+            &[
+                ("PROXY_UPSTREAM", upstream_url.as_str()),
+                ("TLS_CERT_FILE", pki.cert_path.to_str().unwrap()),
+                ("TLS_KEY_FILE", pki.key_path.to_str().unwrap()),
+                ("PROXY_REDIRECT_HTTPS_PORT", port),
+            ],
+        )
+        .await;
+        assert_eq!(redirect_location(running.redirect, "/a?b").await, expected);
+    }
+}
+
 #[tokio::test]
 async fn process_reads_env_file_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     let pki = TestPki::new();
@@ -242,18 +286,8 @@ async fn process_reads_env_file_reloads_on_sighup_and_exits_cleanly_on_sigterm()
     let before = served_certificate(&pki, running.addr).await;
 
     // The plain listener redirects to the https port.
-    let tcp = tokio::net::TcpStream::connect(running.redirect)
-        .await
-        .unwrap();
-    let (mut plain, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let (status, headers, _) = collect(plain.send_request(get("/a?b")).await.unwrap()).await;
-    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(
-        headers["location"],
+        redirect_location(running.redirect, "/a?b").await,
         format!("https://localhost:{}/a?b", running.addr.port())
     );
 
