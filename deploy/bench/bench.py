@@ -467,11 +467,12 @@ def measured(peer, fn, *a):
 IDLE_SETTLE_S = 1.0
 
 
-def memory(peer, n_conns, stage="request"):
+def memory(peer, n_conns, stage="request", proto="http/1.1"):
     peer.refresh_pids()
     before = rss_kb(peer.pids)
     argv = NICE + ["taskset", "-c", LOAD_CORE, sys.executable, os.path.join(HERE, "tlsclient.py"),
-                   "hold", "--port", str(peer.port), "-n", str(n_conns), "--stage", stage]
+                   "hold", "--port", str(peer.port), "-n", str(n_conns), "--stage", stage,
+                   "--proto", proto]
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
@@ -526,6 +527,7 @@ FIGURES = [
     ("mem.rss_idle_mb", "RSS idle MB (fresh process, after one request)", "{:.1f}", None),
     ("mem.rss_conns_mb", "RSS with idle TLS conns MB", "{:.1f}", None),
     ("mem.kb_per_conn", "KB per idle TLS keep-alive conn", "{:.1f}", None),
+    ("mem2.kb_per_conn", "KB per idle HTTP/2 TLS conn (browsers' protocol)", "{:.1f}", None),
     ("cors.rps", "HTTP/1.1 req/s with an allowed Origin", "{:,.0f}", None),
     ("cors.rps_per_core", "  … per busy proxy core", "{:,.0f}", None),
     ("cors.p99_ms", "  p99 latency ms", "{:.2f}", None),
@@ -676,7 +678,7 @@ def parse_args(argv):
     ap.add_argument("--idle-conns", type=int, default=1000, help="idle TLS connections to hold")
     ap.add_argument("--proxy-bin", help="the proxy binary (run.sh builds and passes it)")
     ap.add_argument("--tlsload-bin", help="the connection-rate load generator (run.sh builds it)")
-    ap.add_argument("--figures", default="h1,h2,full,resumed,download,mem,cors",
+    ap.add_argument("--figures", default="h1,h2,full,resumed,download,mem,mem2,cors",
                     help="comma-separated subset of workloads")
     ap.add_argument("--cors-micro", action="store_true",
                     help="also run the CORS decision micro-benchmark (cargo bench) first")
@@ -795,6 +797,7 @@ def main(argv):
             ("resumed", lambda p: measured(p, connrate, args.duration, True), args.peers),
             ("download", lambda p: measured(p, download, args.duration), args.peers),
             ("mem", lambda p: memory(p, args.idle_conns), args.peers),
+            ("mem2", lambda p: memory(p, args.idle_conns, proto="h2"), args.peers),
             ("cors", lambda p: measured(p, wrk, args.duration, [f"Origin: {ALLOWED_ORIGIN}"]),
              # The CORS-less proxy refuses cross-origin requests (same-origin only by default), so
              # its baseline is the plain HTTP/1.1 figure; see the "CORS cost" note.
@@ -810,7 +813,7 @@ def main(argv):
                     print(f"[round {rnd + 1}/{args.rounds}] {fig:8s} {name:10s} ", end="",
                           flush=True)
                     try:
-                        if fig == "mem":
+                        if fig in ("mem", "mem2"):
                             # A fresh process: allocator caches left by the earlier workloads
                             # would otherwise absorb part of the 1,000 connections.
                             procs.stop(peers[name].proc)
