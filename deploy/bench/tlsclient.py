@@ -118,7 +118,7 @@ def read_response(sock, keep_alive):
 def cmd_hold(args):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    ctx = client_context("h2" if args.proto == "h2" else "http/1.1")
+    ctx = client_context(args.proto)
     held, errors, first_error = [], 0, None
     req = f"GET {args.path} HTTP/1.1\r\nHost: localhost:{args.port}\r\n\r\n".encode()
     for _ in range(args.n):

@@ -536,12 +536,7 @@ async fn plain_http_listener_redirects_to_https() {
             let _ = stopped.await;
         },
     ));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut client, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut client = common::plain_h1(addr).await;
     let request = Request::builder()
         .uri("/login?next=%2F")
         .header("host", "example.com:8080")

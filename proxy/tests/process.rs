@@ -224,12 +224,7 @@ async fn served_certificate(pki: &TestPki, addr: std::net::SocketAddr) -> Vec<u8
 
 /// The `Location` the plain-HTTP listener at `addr` answers for `path` (with a 308).
 async fn redirect_location(addr: std::net::SocketAddr, path: &str) -> String {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut plain, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut plain = common::plain_h1(addr).await;
     let (status, headers, _) = collect(plain.send_request(get(path)).await.unwrap()).await;
     assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
     headers["location"].to_str().unwrap().to_owned()

@@ -470,6 +470,16 @@ where
     sender
 }
 
+/// A plain-HTTP/1.1 client connection (the proxy's redirect listener).
+pub async fn plain_h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("h1 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// An HTTP/2-over-TLS client connection to the proxy (ALPN `h2`).
 pub async fn h2<B>(pki: &TestPki, addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
 where
