@@ -184,6 +184,13 @@ def core_busy():
     return out
 
 
+def tcp_out_segs():
+    """TCP segments sent so far by every socket on the host (/proc/net/snmp OutSegs)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Tcp:")]
+    return int(rows[1][rows[0].index("OutSegs")])
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -304,6 +311,7 @@ class Peer:
     def __init__(self, name, port, proc, workdir):
         self.name, self.port, self.proc = name, port, proc
         self.log = os.path.join(workdir, "logs", f"{name}.log")
+        self.workdir = workdir
         self.pids = [proc.pid]
         self.notes = []
 
@@ -365,19 +373,20 @@ def parse_duration_ms(text):
     return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def load(argv, timeout):
-    return run(NICE + ["taskset", "-c", LOAD_CORE] + argv, timeout)
+def load(argv, timeout, wrap=()):
+    return run(list(wrap) + NICE + ["taskset", "-c", LOAD_CORE] + argv, timeout)
 
 
-def wrk(peer, duration, headers=()):
+def wrk(peer, duration, headers=(), wrap=()):
     argv = ["wrk", "-t1", f"-c{H1_CONNS}", f"-d{duration}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
-    r = load(argv + [f"https://127.0.0.1:{peer.port}/"], duration + STEP_SLACK_S)
+    r = load(argv + [f"https://127.0.0.1:{peer.port}/"], duration + STEP_SLACK_S, wrap)
     out = r.stdout
     if r.returncode != 0 or "Requests/sec" not in out:
         raise RuntimeError(f"wrk failed ({r.returncode}): {out[-500:]} {r.stderr[-500:]}")
-    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}
+    res = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+           "requests": int(re.search(r"(\d+) requests in", out).group(1))}
     for pct in ("50", "99"):
         res[f"p{pct}_ms"] = parse_duration_ms(re.search(rf"\s{pct}%\s+(\S+)", out).group(1))
     errors = 0
@@ -391,10 +400,51 @@ def wrk(peer, duration, headers=()):
     return res
 
 
-def h2load(peer, duration):
-    argv = ["h2load", "-t1", f"-c{H2_CONNS}", f"-m{H2_STREAMS}", f"-D{duration}",
-            "--warm-up-time=1", f"https://127.0.0.1:{peer.port}/"]
-    r = load(argv, duration + STEP_SLACK_S)
+def perf_syscalls_usable():
+    """None when `perf stat` can count the terminator's system calls here, else why not."""
+    if not shutil.which("perf"):
+        return "perf is not installed (Debian package linux-perf)"
+    try:
+        r = run(["perf", "stat", "-x,", "-e", SYSCALL_EVENT, "--", "true"], 30)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"perf stat failed: {e}"
+    if r.returncode != 0 or "<not supported>" in r.stderr:
+        return f"perf stat cannot count {SYSCALL_EVENT} here: {r.stderr.strip()[-200:]}"
+    return None
+
+
+SYSCALL_EVENT = "raw_syscalls:sys_enter"
+SYSCALL_RUN_S = 5
+
+
+def syscalls(peer, duration):
+    """System calls the terminator makes per request, under the HTTP/1.1 and HTTP/2 loads.
+
+    Counted by `perf stat` attached to the terminator's processes for exactly the load
+    generator's run, in runs of their own: an enabled tracepoint adds a little to every system
+    call, which would tilt the throughput figures against whoever makes more of them."""
+    res = {"errors": 0}
+    for proto, fn, kw in (("h1", wrk, {}), ("h2", h2load, {"warmup": False})):
+        peer.refresh_pids()
+        out = os.path.join(peer.workdir, f"perf-{proto}.csv")
+        wrap = ["perf", "stat", "-x,", "-o", out, "-e", SYSCALL_EVENT,
+                "-p", ",".join(map(str, peer.pids)), "--"]
+        got = fn(peer, duration, wrap=wrap, **kw)
+        with open(out) as f:
+            text = f.read()
+        m = re.search(rf"^([\d.]+),[^,]*,{re.escape(SYSCALL_EVENT)}", text, re.M)
+        if not m:
+            raise RuntimeError(f"perf stat printed no {SYSCALL_EVENT} count: {text[-300:]}")
+        res["errors"] += got["errors"]
+        res[f"{proto}_per_req"] = float(m.group(1)) / got["requests"]
+    return res
+
+
+def h2load(peer, duration, wrap=(), warmup=True):
+    argv = ["h2load", "-t1", f"-c{H2_CONNS}", f"-m{H2_STREAMS}", f"-D{duration}"]
+    # Requests in the warm-up second are not in h2load's totals.
+    argv += ["--warm-up-time=1"] if warmup else []
+    r = load(argv + [f"https://127.0.0.1:{peer.port}/"], duration + STEP_SLACK_S, wrap)
     out = r.stdout
     m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
     if r.returncode != 0 or not m:
@@ -407,6 +457,7 @@ def h2load(peer, duration):
     # With -D, requests still in flight when the clock stops are reported as "failed"; they are
     # not errors. Anything else that failed (not done) is counted via errored/timeout above.
     res["unfinished"] = int(req.group(5))
+    res["requests"] = int(req.group(3))
     if int(req.group(4)) == 0:
         res["errors"] += 1
     proto = re.search(r"Application protocol: (\S+)", out)
@@ -441,15 +492,19 @@ def download(peer, _duration):
 def measured(peer, fn, *a):
     """Runs one workload and adds the terminator's CPU use (fraction of one core) and core use."""
     peer.refresh_pids()
-    (u0, k0), b0, t0 = cpu_split(peer.pids), core_busy(), time.monotonic()
+    (u0, k0), b0, s0, t0 = cpu_split(peer.pids), core_busy(), tcp_out_segs(), time.monotonic()
     res = fn(peer, *a)
-    (u1, k1), b1, t1 = cpu_split(peer.pids), core_busy(), time.monotonic()
+    (u1, k1), b1, s1, t1 = cpu_split(peer.pids), core_busy(), tcp_out_segs(), time.monotonic()
     res["cpu"] = (u1 - u0 + k1 - k0) / (t1 - t0)
     # Where a request's CPU time goes: the terminator's own code (user) or the kernel (the
     # loopback TCP path, which costs every peer about the same per request and syscall).
     if res.get("rps"):
         res["user_us"] = (u1 - u0) / (t1 - t0) / res["rps"] * 1e6
         res["kernel_us"] = (k1 - k0) / (t1 - t0) / res["rps"] * 1e6
+        # Segments on the wire per request, counted over the host (client, terminator, backend):
+        # 4 is the floor for a proxied request (request and response on each side, ACKs riding
+        # on them). Rates, like the CPU figures, so h2load's warm-up second is not counted twice.
+        res["segs_per_req"] = (s1 - s0) / (t1 - t0) / res["rps"]
     for core in (PROXY_CORE, LOAD_CORE):
         busy = b1[core][0] - b0[core][0]
         total = b1[core][1] - b0[core][1]
@@ -509,11 +564,15 @@ FIGURES = [
     ("h1.cpu", "  proxy CPU (cores)", "{:.2f}", None),
     ("h1.user_us", "  proxy user CPU µs per request", "{:.1f}", None),
     ("h1.kernel_us", "  proxy kernel CPU µs per request", "{:.1f}", None),
+    ("sys.h1_per_req", "  proxy system calls per request", "{:.2f}", None),
+    ("h1.segs_per_req", "  TCP segments per request (whole host; 4 is the floor)", "{:.2f}", None),
     ("h2.rps", f"HTTP/2 req/s ({H2_CONNS} conns × {H2_STREAMS} streams)", "{:,.0f}", None),
     ("h2.rps_per_core", "  … per busy proxy core", "{:,.0f}", None),
     ("h2.cpu", "  proxy CPU (cores)", "{:.2f}", None),
     ("h2.user_us", "  proxy user CPU µs per request", "{:.1f}", None),
     ("h2.kernel_us", "  proxy kernel CPU µs per request", "{:.1f}", None),
+    ("sys.h2_per_req", "  proxy system calls per request", "{:.2f}", None),
+    ("h2.segs_per_req", "  TCP segments per request (whole host)", "{:.2f}", None),
     ("full.rps", "New TLS 1.3 conns/s, full handshake", "{:,.0f}", None),
     ("full.rps_per_core", "  … per busy proxy core", "{:,.0f}", None),
     ("full.cpu", "  proxy CPU (cores)", "{:.2f}", None),
@@ -573,6 +632,41 @@ def summarise(results, peers, rounds):
     return table
 
 
+# The throughput targets, as (figure, ratio to nginx, label) for the CPU-budget table.
+THROUGHPUT_TARGETS = [("h1", 1.25, "HTTP/1.1 ×1.25"), ("h2", 1.5, "HTTP/2 ×1.5")]
+
+
+def budget_lines(table):
+    """What a throughput target leaves for the proxy's own code, from the per-request CPU medians.
+
+    A terminator that keeps one core busy serves 1 / (user + kernel CPU per request) requests per
+    second. The kernel part is the loopback TCP path (system calls and segments, counted above),
+    the same for every terminator that makes the same calls; so ×r of nginx needs
+    proxy user ≤ (nginx user + nginx kernel) / r − proxy kernel."""
+    rows = []
+    for fig, goal, label in THROUGHPUT_TARGETS:
+        cells = {k: table.get(f"{fig}.{k}", {}) for k in ("user_us", "kernel_us")}
+        try:
+            n_user, n_kernel = cells["user_us"]["nginx"][0], cells["kernel_us"]["nginx"][0]
+            p_user, p_kernel = cells["user_us"]["proxy"][0], cells["kernel_us"]["proxy"][0]
+        except KeyError:
+            continue
+        nginx_total = n_user + n_kernel
+        allowed = nginx_total / goal - p_kernel
+        rows.append(f"| {label} | {n_user:.1f} + {n_kernel:.1f} | {p_kernel:.1f} | {p_user:.1f} | "
+                    f"{allowed:.1f} | ×{nginx_total / p_kernel:.2f} |")
+    if not rows:
+        return []
+    return ["", "### CPU per request the throughput targets leave for the proxy's own code", "",
+            "From the medians above: a busy terminator serves 1 / (user + kernel µs) requests per "
+            "second, so ×r of nginx allows the proxy (nginx user + kernel) / r − proxy kernel µs "
+            "of user CPU per request. The kernel part is the loopback TCP path (system calls and "
+            "segments above).", "",
+            "| Target | nginx user + kernel µs | proxy kernel µs | proxy user µs now | "
+            "proxy user µs allowed | ceiling at zero user time |", "|---|---|---|---|---|---|"
+            ] + rows
+
+
 def render_report(meta, peers, table, errors, failures, notes):
     lines = [
         "# TLS terminator benchmark results",
@@ -625,6 +719,7 @@ def render_report(meta, peers, table, errors, failures, notes):
             lines.append(f"| RSS idle ≤ 10 MB | {idle[0]:.1f} MB | {'yes' if idle[0] <= 10 else 'no'} |")
         lines.append(f"| Zero errors | {errors.get('proxy', 0) + errors.get('proxy-cors', 0)} | "
                      f"{'yes' if errors.get('proxy', 0) + errors.get('proxy-cors', 0) == 0 else 'no'} |")
+    lines += budget_lines(table)
     if notes or failures:
         lines += ["", "## Notes and failures", ""]
         lines += [f"- {n}" for n in notes]
@@ -678,7 +773,7 @@ def parse_args(argv):
     ap.add_argument("--idle-conns", type=int, default=1000, help="idle TLS connections to hold")
     ap.add_argument("--proxy-bin", help="the proxy binary (run.sh builds and passes it)")
     ap.add_argument("--tlsload-bin", help="the connection-rate load generator (run.sh builds it)")
-    ap.add_argument("--figures", default="h1,h2,full,resumed,download,mem,mem2,cors",
+    ap.add_argument("--figures", default="h1,h2,sys,full,resumed,download,mem,mem2,cors",
                     help="comma-separated subset of workloads")
     ap.add_argument("--cors-micro", action="store_true",
                     help="also run the CORS decision micro-benchmark (cargo bench) first")
@@ -779,6 +874,9 @@ def main(argv):
         if "download" in args.figures:
             make_big_file(workdir)
         backend_port = start_backend(procs, workdir)
+        perf_missing = perf_syscalls_usable() if "sys" in args.figures else None
+        if perf_missing:
+            notes.append(f"no system-call counts: {perf_missing}")
 
         peers = {}
         for name in peers_run:
@@ -793,6 +891,9 @@ def main(argv):
         workloads = [
             ("h1", lambda p: measured(p, wrk, args.duration), args.peers),
             ("h2", lambda p: measured(p, h2load, args.duration), args.peers),
+            # Short: it only counts, and an extra pass per peer and round adds up.
+            ("sys", lambda p: syscalls(p, min(args.duration, SYSCALL_RUN_S)),
+             args.peers if "sys" in args.figures and not perf_missing else []),
             ("full", lambda p: measured(p, connrate, args.duration, False), args.peers),
             ("resumed", lambda p: measured(p, connrate, args.duration, True), args.peers),
             ("download", lambda p: measured(p, download, args.duration), args.peers),
