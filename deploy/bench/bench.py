@@ -713,7 +713,9 @@ def render_report(meta, peers, table, errors, failures, notes):
                 lines.append(f"| {label} | – | – |")
                 continue
             ok = r[3] >= goal if op == ">=" else r[3] <= goal
-            lines.append(f"| {label} | ×{r[3]:.2f} | {'yes' if ok else 'no'} |")
+            # A third decimal where two would show the goal itself next to a "no" (×1.003).
+            shown = f"{r[3]:.2f}" if round(r[3], 2) != goal else f"{r[3]:.3f}"
+            lines.append(f"| {label} | ×{shown} | {'yes' if ok else 'no'} |")
         idle = table.get("mem.rss_idle_mb", {}).get("proxy")
         if idle:
             lines.append(f"| RSS idle ≤ 10 MB | {idle[0]:.1f} MB | {'yes' if idle[0] <= 10 else 'no'} |")
@@ -951,7 +953,10 @@ def main(argv):
             if cost:
                 notes.append(f"CORS cost: proxy with CORS on (allowed Origin) does "
                              f"×{statistics.median(cost):.2f} the req/s per busy core of the "
-                             "proxy without Origin/CORS (median of same-round ratios)")
+                             "proxy without Origin/CORS (median of same-round ratios; rounds "
+                             f"×{min(cost):.2f}–×{max(cost):.2f}: the two run in different "
+                             "slots of a round, so this carries the machine's drift between "
+                             "them, which nginx's own h1 and cors slots show too)")
         for name in peers_run:
             frac = [r.get("resumed", {}).get("resumed_frac") for r in results[name]]
             frac = [f for f in frac if f is not None]
