@@ -651,6 +651,8 @@ def budget_lines(table):
             p_user, p_kernel = cells["user_us"]["proxy"][0], cells["kernel_us"]["proxy"][0]
         except KeyError:
             continue
+        if p_kernel <= 0:  # no CPU reading (a run too short for /proc's clock ticks)
+            continue
         nginx_total = n_user + n_kernel
         allowed = nginx_total / goal - p_kernel
         rows.append(f"| {label} | {n_user:.1f} + {n_kernel:.1f} | {p_kernel:.1f} | {p_user:.1f} | "
