@@ -953,12 +953,14 @@ def main(argv):
                     for rd_c, rd_p in zip(results["proxy-cors"], results["proxy"])
                     if rd_p.get("h1", {}).get("rps_per_core") and rd_c.get("cors")]
             if cost:
+                spread = (f"rounds ×{min(cost):.2f}–×{max(cost):.2f}; " if len(cost) > 1
+                          else "")
                 notes.append(f"CORS cost: proxy with CORS on (allowed Origin) does "
                              f"×{statistics.median(cost):.2f} the req/s per busy core of the "
-                             "proxy without Origin/CORS (median of same-round ratios; rounds "
-                             f"×{min(cost):.2f}–×{max(cost):.2f}: the two run in different "
-                             "slots of a round, so this carries the machine's drift between "
-                             "them, which nginx's own h1 and cors slots show too)")
+                             f"proxy without Origin/CORS (median of same-round ratios; {spread}"
+                             "the two run in different slots of a round, so this carries the "
+                             "machine's drift between them, which nginx's own h1 and cors slots "
+                             "show too)")
         for name in peers_run:
             frac = [r.get("resumed", {}).get("resumed_frac") for r in results[name]]
             frac = [f for f in frac if f is not None]
