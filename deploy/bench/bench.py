@@ -426,7 +426,7 @@ def syscalls(peer, duration):
     res = {"errors": 0}
     for proto, fn, kw in (("h1", wrk, {}), ("h2", h2load, {"warmup": False})):
         peer.refresh_pids()
-        out = os.path.join(peer.workdir, f"perf-{proto}.csv")
+        out = os.path.join(peer.workdir, f"perf-{peer.name}-{proto}.csv")
         wrap = ["perf", "stat", "-x,", "-o", out, "-e", SYSCALL_EVENT,
                 "-p", ",".join(map(str, peer.pids)), "--"]
         got = fn(peer, duration, wrap=wrap, **kw)
@@ -897,7 +897,7 @@ def main(argv):
             ("h2", lambda p: measured(p, h2load, args.duration), args.peers),
             # Short: it only counts, and an extra pass per peer and round adds up.
             ("sys", lambda p: syscalls(p, min(args.duration, SYSCALL_RUN_S)),
-             args.peers if "sys" in args.figures and not perf_missing else []),
+             [] if perf_missing else args.peers),
             ("full", lambda p: measured(p, connrate, args.duration, False), args.peers),
             ("resumed", lambda p: measured(p, connrate, args.duration, True), args.peers),
             ("download", lambda p: measured(p, download, args.duration), args.peers),

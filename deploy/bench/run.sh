@@ -31,12 +31,12 @@ for a in "$@"; do
     esac
 done
 
-# command -> Debian package that provides it.
+# command -> Debian package that provides it (perf: the system-call counts of figure "sys", and
+# --profile).
 declare -A pkg=(
     [nginx]=nginx-light [haproxy]=haproxy [caddy]=caddy [wrk]=wrk [h2load]=nghttp2-client
     [curl]=curl [openssl]=openssl [taskset]=util-linux [python3]=python3 [perf]=linux-perf
 )
-# perf: the system-call counts (figure "sys") and --profile.
 missing=()
 for cmd in "${!pkg[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg[$cmd]}")
