@@ -636,40 +636,51 @@ def summarise(results, peers, rounds):
 THROUGHPUT_TARGETS = [("h1", 1.25, "HTTP/1.1 ×1.25"), ("h2", 1.5, "HTTP/2 ×1.5")]
 
 
-def budget_lines(table):
-    """What a throughput target leaves for the proxy's own code, from the per-request CPU medians.
+def budget_lines(results):
+    """What a throughput target leaves for the proxy's own code, from each round's CPU readings.
 
     A terminator that keeps one core busy serves 1 / (user + kernel CPU per request) requests per
     second. The kernel part is the loopback TCP path (system calls and segments, counted above),
     the same for every terminator that makes the same calls; so ×r of nginx needs
-    proxy user ≤ (nginx user + nginx kernel) / r − proxy kernel."""
+    proxy user ≤ (nginx user + nginx kernel) / r − proxy kernel. Computed per round, like the
+    ratios, then the median and the spread over rounds."""
+    if "nginx" not in results or "proxy" not in results:
+        return []
     rows = []
     for fig, goal, label in THROUGHPUT_TARGETS:
-        cells = {k: table.get(f"{fig}.{k}", {}) for k in ("user_us", "kernel_us")}
-        try:
-            n_user, n_kernel = cells["user_us"]["nginx"][0], cells["kernel_us"]["nginx"][0]
-            p_user, p_kernel = cells["user_us"]["proxy"][0], cells["kernel_us"]["proxy"][0]
-        except KeyError:
+        allowed, ceiling = [], []
+        for n, p in zip(results["nginx"], results["proxy"]):
+            try:
+                nginx_total = n[fig]["user_us"] + n[fig]["kernel_us"]
+                p_kernel = p[fig]["kernel_us"]
+            except KeyError:
+                continue
+            if p_kernel <= 0:  # no CPU reading (a run too short for /proc's clock ticks)
+                continue
+            allowed.append(nginx_total / goal - p_kernel)
+            ceiling.append(nginx_total / p_kernel)
+        if not allowed:
             continue
-        if p_kernel <= 0:  # no CPU reading (a run too short for /proc's clock ticks)
-            continue
-        nginx_total = n_user + n_kernel
-        allowed = nginx_total / goal - p_kernel
-        rows.append(f"| {label} | {n_user:.1f} + {n_kernel:.1f} | {p_kernel:.1f} | {p_user:.1f} | "
-                    f"{allowed:.1f} | ×{nginx_total / p_kernel:.2f} |")
+        now = [p[fig]["user_us"] for p in results["proxy"] if "user_us" in p.get(fig, {})]
+        nginx_user = [n[fig]["user_us"] for n in results["nginx"]
+                      if "user_us" in n.get(fig, {})]
+        rows.append(f"| {label} | {statistics.median(nginx_user):.1f} | "
+                    f"{statistics.median(now):.1f} | {statistics.median(allowed):.1f} "
+                    f"[{min(allowed):.1f}–{max(allowed):.1f}] | ×{statistics.median(ceiling):.2f} "
+                    f"[×{min(ceiling):.2f}–×{max(ceiling):.2f}] |")
     if not rows:
         return []
     return ["", "### CPU per request the throughput targets leave for the proxy's own code", "",
-            "From the medians above: a busy terminator serves 1 / (user + kernel µs) requests per "
-            "second, so ×r of nginx allows the proxy (nginx user + kernel) / r − proxy kernel µs "
-            "of user CPU per request. The kernel part is the loopback TCP path (system calls and "
-            "segments above).", "",
-            "| Target | nginx user + kernel µs | proxy kernel µs | proxy user µs now | "
-            "proxy user µs allowed | ceiling at zero user time |", "|---|---|---|---|---|---|"
-            ] + rows
+            "A busy terminator serves 1 / (user + kernel µs) requests per second, so ×r of nginx "
+            "allows the proxy (nginx user + kernel) / r − proxy kernel µs of user CPU per "
+            "request; at zero user time it would reach (nginx user + kernel) / proxy kernel. "
+            "Both computed per round, like the ratios: median [min–max]. The kernel part is the "
+            "loopback TCP path (system calls and segments above).", "",
+            "| Target | nginx user µs | proxy user µs | proxy user µs the target allows | "
+            "ceiling at zero user time |", "|---|---|---|---|---|"] + rows
 
 
-def render_report(meta, peers, table, errors, failures, notes):
+def render_report(meta, peers, table, errors, failures, notes, results):
     lines = [
         "# TLS terminator benchmark results",
         "",
@@ -723,7 +734,7 @@ def render_report(meta, peers, table, errors, failures, notes):
             lines.append(f"| RSS idle ≤ 10 MB | {idle[0]:.1f} MB | {'yes' if idle[0] <= 10 else 'no'} |")
         lines.append(f"| Zero errors | {errors.get('proxy', 0) + errors.get('proxy-cors', 0)} | "
                      f"{'yes' if errors.get('proxy', 0) + errors.get('proxy-cors', 0) == 0 else 'no'} |")
-    lines += budget_lines(table)
+    lines += budget_lines(results)
     if notes or failures:
         lines += ["", "## Notes and failures", ""]
         lines += [f"- {n}" for n in notes]
@@ -819,7 +830,7 @@ def rerender(path, out):
     peers = list(results)
     table = summarise(results, peers, raw["meta"]["rounds"])
     report = render_report(raw["meta"], peers, table, raw["errors"], raw["failures"],
-                           raw["notes"])
+                           raw["notes"], results)
     if raw.get("micro"):
         report += MICRO_HEADER + raw["micro"] + "\n```\n"
     with open(out, "w") as f:
@@ -976,7 +987,7 @@ def main(argv):
     meta = machine_meta(args)
     shown = [p for p in peers_run]
     table = summarise(results, shown, args.rounds)
-    report = render_report(meta, shown, table, errors, failures, notes)
+    report = render_report(meta, shown, table, errors, failures, notes, results)
     if micro:
         report += MICRO_HEADER + micro + "\n```\n"
     rawdir = os.path.join(HERE, "results", "raw")
