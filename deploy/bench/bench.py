@@ -503,7 +503,8 @@ def measured(peer, fn, *a):
         res["kernel_us"] = (k1 - k0) / (t1 - t0) / res["rps"] * 1e6
         # Segments on the wire per request, counted over the host (client, terminator, backend):
         # 4 is the floor for a proxied request (request and response on each side, ACKs riding
-        # on them). Rates, like the CPU figures, so h2load's warm-up second is not counted twice.
+        # on them). A rate, like the CPU figures: h2load's warm-up second sends segments but its
+        # requests are not in h2load's count.
         res["segs_per_req"] = (s1 - s0) / (t1 - t0) / res["rps"]
     for core in (PROXY_CORE, LOAD_CORE):
         busy = b1[core][0] - b0[core][0]
@@ -665,10 +666,12 @@ def budget_lines(results):
         now = [p[fig]["user_us"] for p in results["proxy"] if "user_us" in p.get(fig, {})]
         nginx_user = [n[fig]["user_us"] for n in results["nginx"]
                       if "user_us" in n.get(fig, {})]
+        several = len(allowed) > 1  # a spread only where there is one, as in the table above
         rows.append(f"| {label} | {statistics.median(nginx_user):.1f} | "
-                    f"{statistics.median(now):.1f} | {statistics.median(allowed):.1f} "
-                    f"[{min(allowed):.1f}–{max(allowed):.1f}] | ×{statistics.median(ceiling):.2f} "
-                    f"[×{min(ceiling):.2f}–×{max(ceiling):.2f}] |")
+                    f"{statistics.median(now):.1f} | {statistics.median(allowed):.1f}"
+                    + (f" [{min(allowed):.1f}–{max(allowed):.1f}]" if several else "")
+                    + f" | ×{statistics.median(ceiling):.2f}"
+                    + (f" [×{min(ceiling):.2f}–×{max(ceiling):.2f}]" if several else "") + " |")
     if not rows:
         return []
     return ["", "### CPU per request the throughput targets leave for the proxy's own code", "",
