@@ -340,13 +340,14 @@ def start_peer(name, args, procs, workdir, backend_port):
         env.update(GOMAXPROCS="1", XDG_DATA_HOME=f"{workdir}/caddy-data",
                    XDG_CONFIG_HOME=f"{workdir}/caddy-config")
         argv = pin + ["caddy", "run", "--config", f"{workdir}/Caddyfile", "--adapter", "caddyfile"]
-    elif name in ("proxy", "proxy-cors"):
+    elif name in ("proxy", "proxy-cors", "proxy-baseline"):
         cwd = f"{workdir}/{name}"  # an empty directory: no stray .env is picked up
         os.makedirs(cwd, exist_ok=True)
         # Access logs are off for every peer (nginx access_log off, no haproxy log, caddy's
         # default); for the proxy that means RUST_LOG=warn.
         env.update(RUST_LOG="warn")
-        argv = pin + [args.proxy_bin, "--listen", f"127.0.0.1:{port}",
+        binary = args.baseline_bin if name == "proxy-baseline" else args.proxy_bin
+        argv = pin + [binary, "--listen", f"127.0.0.1:{port}",
                       "--upstream", f"http://127.0.0.1:{backend_port}",
                       "--tls-cert", f"{workdir}/cert.pem", "--tls-key", f"{workdir}/key.pem"]
         if name == "proxy-cors":
@@ -638,6 +639,33 @@ THROUGHPUT_TARGETS = [(key.split(".")[0], goal, label) for key, _, goal, label i
                       if key in ("h1.rps_per_core", "h2.rps")]
 
 
+def baseline_note(results):
+    """The proxy against its baseline build (`--baseline-bin`): same-round ratios per figure."""
+    parts = []
+    for fig, key in (("h1", "rps_per_core"), ("h2", "rps_per_core"), ("full", "rps_per_core"),
+                     ("resumed", "rps_per_core"), ("download", "mbps")):
+        pairs = [(p[fig], b[fig]) for p, b in zip(results["proxy"], results["proxy-baseline"])
+                 if p.get(fig, {}).get(key) and b.get(fig, {}).get(key)]
+        if not pairs:
+            continue
+        ratio = [p[key] / b[key] for p, b in pairs]
+        text = f"{fig} ×{statistics.median(ratio):.3f}"
+        if len(ratio) > 1:
+            text += f" [×{min(ratio):.2f}–×{max(ratio):.2f}]"
+        cpu = [(p["user_us"], p["kernel_us"], b["user_us"], b["kernel_us"]) for p, b in pairs
+               if "user_us" in p and "user_us" in b]
+        if cpu:
+            text += (" (user/kernel µs per request "
+                     + "/".join(f"{statistics.median(c[i] for c in cpu):.2f}" for i in (0, 1))
+                     + " vs "
+                     + "/".join(f"{statistics.median(c[i] for c in cpu):.2f}" for i in (2, 3))
+                     + ")")
+        parts.append(text)
+    return ("proxy against proxy-baseline (--baseline-bin), per busy core (download: MB/s), "
+            "median of same-round ratios: "
+            + ("; ".join(parts) if parts else "no figure measured both"))
+
+
 def budget_lines(results):
     """What a throughput target leaves for the proxy's own code, from each round's CPU readings.
 
@@ -792,6 +820,9 @@ def parse_args(argv):
     ap.add_argument("--idle-conns", type=int, default=1000, help="idle TLS connections to hold")
     ap.add_argument("--proxy-bin", help="the proxy binary (run.sh builds and passes it)")
     ap.add_argument("--tlsload-bin", help="the connection-rate load generator (run.sh builds it)")
+    ap.add_argument("--baseline-bin", metavar="BIN",
+                    help="another build of the proxy (say, the last commit's), run as peer "
+                         "proxy-baseline in the same rounds: what a change buys, natively")
     ap.add_argument("--figures", default="h1,h2,sys,full,resumed,download,mem,mem2,cors",
                     help="comma-separated subset of workloads")
     ap.add_argument("--cors-micro", action="store_true",
@@ -814,6 +845,9 @@ def parse_args(argv):
         return args
     if "proxy" in args.peers and not (args.proxy_bin and os.access(args.proxy_bin, os.X_OK)):
         ap.error(f"--proxy-bin {args.proxy_bin!r} is not an executable (run.sh builds it)")
+    if args.baseline_bin and not ("proxy" in args.peers and os.access(args.baseline_bin, os.X_OK)):
+        ap.error(f"--baseline-bin {args.baseline_bin!r}: needs the proxy among --peers and an "
+                 "executable")
     if {"full", "resumed"} & set(args.figures) and not (
             args.tlsload_bin and os.access(args.tlsload_bin, os.X_OK)):
         ap.error(f"--tlsload-bin {args.tlsload_bin!r} is not an executable (run.sh builds it)")
@@ -883,7 +917,12 @@ def main(argv):
             failures.append(f"cors micro-benchmark: {r.stderr[-500:]}")
         else:
             micro = r.stdout.strip()
-    peers_run = list(args.peers)
+    # The measured peers: the chosen ones, and the baseline build right after the proxy (so the
+    # two run in neighbouring slots of every round).
+    measured_peers = list(args.peers)
+    if args.baseline_bin:
+        measured_peers.insert(measured_peers.index("proxy") + 1, "proxy-baseline")
+    peers_run = list(measured_peers)
     if "proxy" in args.peers and "cors" in args.figures:
         peers_run.append("proxy-cors")
     results = {p: [dict() for _ in range(args.rounds)] for p in peers_run}
@@ -908,16 +947,16 @@ def main(argv):
                 failures.append(f"{name}: start-up: {e}")
 
         workloads = [
-            ("h1", lambda p: measured(p, wrk, args.duration), args.peers),
-            ("h2", lambda p: measured(p, h2load, args.duration), args.peers),
+            ("h1", lambda p: measured(p, wrk, args.duration), measured_peers),
+            ("h2", lambda p: measured(p, h2load, args.duration), measured_peers),
             # Short: it only counts, and an extra pass per peer and round adds up.
             ("sys", lambda p: syscalls(p, min(args.duration, SYSCALL_RUN_S)),
-             [] if perf_missing else args.peers),
-            ("full", lambda p: measured(p, connrate, args.duration, False), args.peers),
-            ("resumed", lambda p: measured(p, connrate, args.duration, True), args.peers),
-            ("download", lambda p: measured(p, download, args.duration), args.peers),
-            ("mem", lambda p: memory(p, args.idle_conns), args.peers),
-            ("mem2", lambda p: memory(p, args.idle_conns, proto="h2"), args.peers),
+             [] if perf_missing else measured_peers),
+            ("full", lambda p: measured(p, connrate, args.duration, False), measured_peers),
+            ("resumed", lambda p: measured(p, connrate, args.duration, True), measured_peers),
+            ("download", lambda p: measured(p, download, args.duration), measured_peers),
+            ("mem", lambda p: memory(p, args.idle_conns), measured_peers),
+            ("mem2", lambda p: memory(p, args.idle_conns, proto="h2"), measured_peers),
             ("cors", lambda p: measured(p, wrk, args.duration, [f"Origin: {ALLOWED_ORIGIN}"]),
              # The CORS-less proxy refuses cross-origin requests (same-origin only by default), so
              # its baseline is the plain HTTP/1.1 figure; see the "CORS cost" note.
@@ -976,6 +1015,8 @@ def main(argv):
                              "the two run in different slots of a round, so this carries the "
                              "machine's drift between them, which nginx's own h1 and cors slots "
                              "show too)")
+        if args.baseline_bin:
+            notes.append(baseline_note(results))
         for name in peers_run:
             frac = [r.get("resumed", {}).get("resumed_frac") for r in results[name]]
             frac = [f for f in frac if f is not None]

@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::config::{Cidr, Limits, Timeouts, Upstream};
 use crate::error::ProxyError;
-use crate::upstream::{Checkout, ConnectError, Pool, PooledBody};
+use crate::upstream::{Checkout, Conn, ConnectError, Pool, PooledBody};
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
 /// idempotent request be sent again on a fresh connection).
@@ -72,8 +72,6 @@ impl http_body::Body for ClientBody {
 
 /// The pooled upstream client. One per process; connections are reused across requests.
 pub type UpstreamClient = Arc<Pool>;
-
-type Sender = hyper::client::conn::http1::SendRequest<UpstreamBody>;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -527,10 +525,10 @@ pub async fn forward(
     };
     let first = tokio::select! {
         biased; // the exchange first: no random branch order to draw per poll
-        result = exchange(client, upstream, Request::from_parts(parts, body)) => result,
+        result = exchange(client, upstream, Request::from_parts(parts, body), upgrade) => result,
         () = response_deadline => return Err(timeout_error()),
     };
-    let (mut response, sender) = match (first, retry_parts) {
+    let (mut response, conn) = match (first, retry_parts) {
         (Ok(exchanged), _) => exchanged,
         (
             Err(Failure::Sent {
@@ -563,7 +561,7 @@ pub async fn forward(
     } else {
         (
             None,
-            Some((client.clone(), upstream.authority.clone(), sender)),
+            Some((client.clone(), upstream.authority.clone(), conn)),
         )
     };
     Ok(Forwarded {
@@ -603,11 +601,15 @@ async fn exchange(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Sender), Failure> {
-    let Checkout { mut sender, reused } =
-        pool.checkout(upstream).await.map_err(Failure::Connect)?;
-    match sender.try_send_request(req).await {
-        Ok(response) => Ok((response, sender)),
+    upgrade: bool,
+) -> Result<(Response<Incoming>, Conn), Failure> {
+    let Checkout { mut conn, reused } = pool.checkout(upstream).await.map_err(Failure::Connect)?;
+    if upgrade {
+        conn.spawn_for_upgrade();
+    }
+    let response = conn.sender.try_send_request(req);
+    match driving(&mut conn, response).await {
+        Ok(response) => Ok((response, conn)),
         Err(mut e) => match e.take_message() {
             Some(req) if reused => {
                 debug!(upstream = %upstream, "pooled connection closed before the request left; sending on a new one");
@@ -643,16 +645,41 @@ async fn send_fresh(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-) -> Result<(Response<Incoming>, Sender), Failure> {
-    let mut sender = pool.connect(upstream).await.map_err(Failure::Connect)?;
-    let response = sender
-        .send_request(req)
+) -> Result<(Response<Incoming>, Conn), Failure> {
+    let mut conn = pool.connect(upstream).await.map_err(Failure::Connect)?;
+    let response = conn.sender.send_request(req);
+    let response = driving(&mut conn, response)
         .await
         .map_err(|error| Failure::Sent {
             reused: false,
             error,
         })?;
-    Ok((response, sender))
+    Ok((response, conn))
+}
+
+/// Awaits `response` (a request's response head) while driving `conn`, the connection it went out
+/// on, which has no task of its own (see [`crate::upstream`]).
+async fn driving<F: Future>(conn: &mut Conn, response: F) -> F::Output {
+    // Outside tokio's budget: polled without a waker (below), a future that ran out of budget
+    // would ask for a wake-up nobody receives.
+    let mut response = std::pin::pin!(tokio::task::unconstrained(response));
+    std::future::poll_fn(|cx| {
+        let mut no_wake = Context::from_waker(std::task::Waker::noop());
+        // Only the connection can complete the response, so the response is polled without a
+        // waker as long as the connection is. The connection is polled without one first (see
+        // `Conn::settle`), and with this task's waker only when it then waits.
+        if conn.settle().is_pending() {
+            if let Poll::Ready(response) = response.as_mut().poll(&mut no_wake) {
+                return Poll::Ready(response);
+            }
+            if conn.drive(cx).is_pending() {
+                return response.as_mut().poll(&mut no_wake);
+            }
+        }
+        // Ended (the response is then an error) or in a task of its own (an upgrade's).
+        response.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// Rewrites the request head for the upstream: its URI, version and headers. `fields` are the

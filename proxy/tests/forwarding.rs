@@ -506,6 +506,166 @@ async fn stale_pooled_connection_is_retried_for_idempotent_requests() {
     proxy.shutdown().await;
 }
 
+/// A raw upstream that answers each connection's one request with keep-alive, echoing its body,
+/// and closes the connection when told to (`close`), then reports the close.
+async fn closing_keepalive_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<tokio::sync::Notify>,
+    tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let close = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (events, received) = tokio::sync::mpsc::unbounded_channel();
+    let told = close.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (events, told) = (events.clone(), told.clone());
+            tokio::spawn(async move {
+                let mut tcp = tokio::io::BufReader::new(tcp);
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                tcp.read_exact(&mut body).await.unwrap();
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
+                let mut tcp = tcp.into_inner();
+                tcp.write_all(head.as_bytes()).await.unwrap();
+                tcp.write_all(&body).await.unwrap();
+                told.notified().await;
+                tcp.shutdown().await.unwrap();
+                drop(tcp);
+                let _ = events.send("closed");
+            });
+        }
+    });
+    (addr, close, received)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_upstream_closed_is_not_used_even_for_a_post() {
+    let pki = TestPki::new();
+    let (upstream, close, mut events) = closing_keepalive_upstream().await;
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut client = h1::<http_body_util::Full<Bytes>>(&pki, proxy.addr).await;
+    let post = |body: &'static str| {
+        Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("host", "localhost")
+            .body(http_body_util::Full::new(Bytes::from_static(
+                body.as_bytes(),
+            )))
+            .unwrap()
+    };
+    // Each response says keep-alive, so the proxy pools the connection; the upstream closes it
+    // before the next request. Not idempotent, a POST must not be sent on it (that would be a
+    // 502), nor lost: it goes out on a new connection, body and all.
+    for body in ["first", "second", "third"] {
+        let (status, _, echoed) = collect(client.send_request(post(body)).await.unwrap()).await;
+        assert_eq!((status, &echoed[..]), (StatusCode::OK, body.as_bytes()));
+        close.notify_one();
+        assert_eq!(next_event(&mut events).await, "closed");
+    }
+    proxy.shutdown().await;
+}
+
+/// The upstream answers a POST as soon as its head is in, before the body; the proxy sends the
+/// rest of the body as the client sends it, and then the same upstream connection serves the next
+/// request (it went back to the pool once the exchange had really ended).
+#[tokio::test]
+async fn a_connection_answered_early_is_reused_once_the_body_is_sent() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = events.send("accepted".to_string());
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut tcp = tokio::io::BufReader::new(tcp);
+                loop {
+                    let (mut request, mut length) = (String::new(), 0);
+                    loop {
+                        let mut line = String::new();
+                        if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                        if request.is_empty() {
+                            request = line.trim().to_string();
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    tcp.get_mut().write_all(answer).await.unwrap();
+                    let mut body = vec![0; length];
+                    tcp.read_exact(&mut body).await.unwrap();
+                    let body = String::from_utf8(body).unwrap();
+                    let _ = events.send(format!("{request} {body}").trim().to_string());
+                }
+            });
+        }
+    });
+    let pki = TestPki::new();
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let response = async |tls: &mut tokio_rustls::client::TlsStream<_>| {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !received.ends_with(b"\r\n\r\nok") {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(received).unwrap()
+    };
+    let head = "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n01234";
+    tls.write_all(head.as_bytes()).await.unwrap();
+    assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    tls.write_all(b"56789").await.unwrap();
+    assert_eq!(next_named(&mut received).await, "accepted");
+    assert_eq!(
+        next_named(&mut received).await,
+        "POST /upload HTTP/1.1 0123456789"
+    );
+    tls.write_all(b"GET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    // On the same connection: no second "accepted" before it.
+    assert_eq!(next_named(&mut received).await, "GET /next HTTP/1.1");
+    proxy.shutdown().await;
+}
+
+/// Waits for the next event of a test upstream, failing after 5 s.
+async fn next_named(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("an upstream event within 5 s")
+        .expect("upstream running")
+}
+
 #[tokio::test]
 async fn hsts_is_added_when_enabled() {
     let pki = TestPki::new();
