@@ -506,6 +506,31 @@ async fn stale_pooled_connection_is_retried_for_idempotent_requests() {
     proxy.shutdown().await;
 }
 
+/// Reads a request head from a raw test upstream's socket: the request line and the
+/// `Content-Length` (0 without one); `None` at the end of the stream.
+async fn read_request_head(
+    tcp: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+) -> Option<(String, usize)> {
+    use tokio::io::AsyncBufReadExt;
+
+    let (mut request, mut length) = (String::new(), 0);
+    loop {
+        let mut line = String::new();
+        if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+        if request.is_empty() {
+            request = line.trim().to_string();
+        }
+        if line == "\r\n" {
+            return Some((request, length));
+        }
+    }
+}
+
 /// A raw upstream that answers each connection's one request with keep-alive, echoing its body,
 /// and closes the connection when told to (`close`), then reports the close.
 async fn closing_keepalive_upstream() -> (
@@ -513,7 +538,7 @@ async fn closing_keepalive_upstream() -> (
     std::sync::Arc<tokio::sync::Notify>,
     tokio::sync::mpsc::UnboundedReceiver<&'static str>,
 ) {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -525,19 +550,9 @@ async fn closing_keepalive_upstream() -> (
             let (events, told) = (events.clone(), told.clone());
             tokio::spawn(async move {
                 let mut tcp = tokio::io::BufReader::new(tcp);
-                let mut length = 0;
-                loop {
-                    let mut line = String::new();
-                    if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = value.trim().parse().unwrap();
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
-                }
+                let Some((_, length)) = read_request_head(&mut tcp).await else {
+                    return;
+                };
                 let mut body = vec![0; length];
                 tcp.read_exact(&mut body).await.unwrap();
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
@@ -587,7 +602,7 @@ async fn a_pooled_connection_the_upstream_closed_is_not_used_even_for_a_post() {
 /// request (it went back to the pool once the exchange had really ended).
 #[tokio::test]
 async fn a_connection_answered_early_is_reused_once_the_body_is_sent() {
-    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
@@ -598,23 +613,7 @@ async fn a_connection_answered_early_is_reused_once_the_body_is_sent() {
             let events = events.clone();
             tokio::spawn(async move {
                 let mut tcp = tokio::io::BufReader::new(tcp);
-                loop {
-                    let (mut request, mut length) = (String::new(), 0);
-                    loop {
-                        let mut line = String::new();
-                        if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                        if request.is_empty() {
-                            request = line.trim().to_string();
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
+                while let Some((request, length)) = read_request_head(&mut tcp).await {
                     let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                     tcp.get_mut().write_all(answer).await.unwrap();
                     let mut body = vec![0; length];
