@@ -499,6 +499,9 @@ pub async fn forward(
         (Either::Left(body), Some(body_sent))
     };
 
+    // A request with a body, or one that asks for an upgrade, gets a connection that runs in a
+    // task of its own (see `Conn::detach`).
+    let detach = upgrade || body_sent.is_some();
     let start = Instant::now();
     let deadline = start + timeouts.upstream_response;
     let timeout_error = || ProxyError::Timeout {
@@ -525,7 +528,7 @@ pub async fn forward(
     };
     let first = tokio::select! {
         biased; // the exchange first: no random branch order to draw per poll
-        result = exchange(client, upstream, Request::from_parts(parts, body), upgrade) => result,
+        result = exchange(client, upstream, Request::from_parts(parts, body), detach) => result,
         () = response_deadline => return Err(timeout_error()),
     };
     let (mut response, conn) = match (first, retry_parts) {
@@ -542,7 +545,8 @@ pub async fn forward(
             prepare_parts(&mut parts, fields, peer, false);
             let request = Request::from_parts(parts, Either::Right(Empty::new()));
             // Boxed: a rare path, kept out of every request's future (which is moved per request).
-            tokio::time::timeout_at(deadline, Box::pin(send_fresh(client, upstream, request)))
+            let fresh = send_fresh(client, upstream, request, false);
+            tokio::time::timeout_at(deadline, Box::pin(fresh))
                 .await
                 .map_err(|_| timeout_error())?
                 .map_err(|failure| failure.into_error(upstream))?
@@ -594,18 +598,19 @@ impl Failure {
     }
 }
 
-/// Sends `req` on a pooled connection, or a new one, up to the response head. A request that never
-/// left because its pooled connection had been closed meanwhile goes out again on a new connection,
-/// whatever its method: the upstream has not seen it.
+/// Sends `req` on a pooled connection, or a new one, up to the response head; `detach` gives the
+/// connection a task of its own (see `Conn::detach`). A request that never left because its
+/// pooled connection had been closed meanwhile goes out again on a new connection, whatever its
+/// method: the upstream has not seen it.
 async fn exchange(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-    upgrade: bool,
+    detach: bool,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let Checkout { mut conn, reused } = pool.checkout(upstream).await.map_err(Failure::Connect)?;
-    if upgrade {
-        conn.spawn_for_upgrade();
+    if detach {
+        conn.detach();
     }
     let response = conn.sender.try_send_request(req);
     match driving(&mut conn, response).await {
@@ -613,7 +618,7 @@ async fn exchange(
         Err(mut e) => match e.take_message() {
             Some(req) if reused => {
                 debug!(upstream = %upstream, "pooled connection closed before the request left; sending on a new one");
-                Box::pin(send_fresh(pool, upstream, req)).await
+                Box::pin(send_fresh(pool, upstream, req, detach)).await
             }
             _ => Err(Failure::Sent {
                 reused,
@@ -640,13 +645,17 @@ impl Future for SkipFirstPoll {
     }
 }
 
-/// Sends `req` on a new connection.
+/// Sends `req` on a new connection (`detach` as for [`exchange`]).
 async fn send_fresh(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
+    detach: bool,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let mut conn = pool.connect(upstream).await.map_err(Failure::Connect)?;
+    if detach {
+        conn.detach();
+    }
     let response = conn.sender.send_request(req);
     let response = driving(&mut conn, response)
         .await
@@ -676,7 +685,7 @@ async fn driving<F: Future>(conn: &mut Conn, response: F) -> F::Output {
                 return response.as_mut().poll(&mut no_wake);
             }
         }
-        // Ended (the response is then an error) or in a task of its own (an upgrade's).
+        // Ended (the response is then an error) or in a task of its own (`Conn::detach`).
         response.as_mut().poll(cx)
     })
     .await

@@ -10,16 +10,17 @@
 //! a channel per checkout); this pool measured 13 % fewer instructions per proxied request
 //! ("Benchmarks" in README.md).
 //!
-//! A connection has no task of its own: hyper's connection future ([`Conn`]'s driver) is polled by
-//! the task of the request that has it checked out, beside that request's response future and
-//! then by its response body. The upstream socket wakes the request's task directly, and request
-//! and response pass between hyper's two halves without waking a second task. Measured against a
-//! task per connection in the same bench rounds: HTTP/2 ×1.10 requests per busy core (fewer system
-//! calls and segments per request, and 4 % less user time), HTTP/1.1 even within the rounds'
-//! spread. An idle connection is polled by nobody: an upstream's close that arrived meanwhile is
-//! read by the next request's first poll, and hyper then hands that request back unsent, for a new
-//! connection (`forward::exchange`). A WebSocket upgrade's connection gets a task again: hyper
-//! hands the socket over to the tunnel only from a connection future that runs to its end.
+//! A connection has no task of its own while it serves requests without a body (nearly all of
+//! them): hyper's connection future ([`Conn`]'s driver) is polled by the task of the request that
+//! has it checked out, beside that request's response future and then by its response body. The
+//! upstream socket wakes the request's task directly, and request and response pass between
+//! hyper's two halves without waking a second task. Measured against a task per connection in
+//! the same bench rounds: HTTP/2 ×1.10 requests per busy core (fewer system calls and segments
+//! per request, and 4 % less user time), HTTP/1.1 even within the rounds' spread. An idle
+//! connection is polled by nobody: an upstream's close that arrived meanwhile is read by the next
+//! request's first poll, and hyper then hands that request back unsent, for a new connection
+//! (`forward::exchange`). A request with a body, or one asking for a WebSocket upgrade, hands its
+//! connection to a task of its own for good ([`Conn::detach`] says why).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -35,7 +36,7 @@ use http::uri::Authority;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -45,23 +46,33 @@ use crate::config::{Limits, Timeouts, Upstream};
 use crate::forward::UpstreamBody;
 
 type Sender = SendRequest<UpstreamBody>;
-type Driver = Connection<TokioIo<TcpStream>, UpstreamBody>;
+type Connection = http1::Connection<TokioIo<TcpStream>, UpstreamBody>;
 
-/// One HTTP/1.1 connection to the upstream: the handle requests are sent with, and the connection
-/// future that does the work, polled by whoever holds this (see the module's overview).
+/// One HTTP/1.1 connection to the upstream: the handle requests are sent with, and hyper's
+/// connection future that does the work (see the module's overview for who polls it).
 pub struct Conn {
     pub sender: Sender,
-    /// `None` once the connection has ended. Boxed: a `Conn` moves with its request's future
-    /// (into the pool and out, into the response body), and hyper's connection state is large.
-    driver: Option<Box<Driver>>,
+    driver: Driver,
     /// A task's waker may be registered with the connection (it was driven since it last settled).
     registered: bool,
 }
 
+/// hyper's connection future, and who polls it.
+enum Driver {
+    /// Whoever holds the `Conn`. Boxed: a `Conn` moves with its request's future (into the pool
+    /// and out, into the response body), and hyper's connection state is large.
+    Inline(Box<Connection>),
+    /// A task of its own (see [`Conn::detach`]).
+    Detached,
+    /// The connection has ended.
+    Ended,
+}
+
 impl Conn {
     /// Lets the connection do what it can (write the request, read the response) and registers
-    /// `cx` for what it waits on. Ready once the connection has ended (or runs in a task of its
-    /// own); a request in flight then gets hyper's error through its response future.
+    /// `cx` for what it waits on. Ready when there is nothing for the caller to drive: the
+    /// connection has ended (a request in flight then gets hyper's error through its response
+    /// future) or runs in a task of its own (which wakes the caller through hyper's channels).
     pub fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.registered = true;
         self.poll_driver(cx)
@@ -72,7 +83,7 @@ impl Conn {
     /// hyper a waker (which would wake the request's task once more when the response body is
     /// taken). The pool calls it for a returned connection: it makes an exchange that ended
     /// ready for the next, notices an upstream that closed, and leaves no waker of a task that
-    /// no longer uses the connection. Ready once the connection has ended.
+    /// no longer uses the connection. Ready as [`Conn::drive`] is.
     pub fn settle(&mut self) -> Poll<()> {
         let poll = self.poll_driver(&mut Context::from_waker(Waker::noop()));
         self.registered = false;
@@ -80,34 +91,45 @@ impl Conn {
     }
 
     fn poll_driver(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(driver) = &mut self.driver else {
+        let Driver::Inline(connection) = &mut self.driver else {
             return Poll::Ready(());
         };
-        let Poll::Ready(result) = Pin::new(&mut **driver).poll(cx) else {
+        let Poll::Ready(result) = Pin::new(&mut **connection).poll(cx) else {
             return Poll::Pending;
         };
         if let Err(e) = result {
             debug!(error = %e, "upstream connection ended with an error");
         }
-        self.driver = None;
+        self.driver = Driver::Ended;
         Poll::Ready(())
     }
 
     /// Open and free for a request.
     fn is_idle(&self) -> bool {
-        self.driver.is_some() && self.sender.is_ready()
+        !matches!(self.driver, Driver::Ended) && self.sender.is_ready()
     }
 
-    /// Hands the connection to a task of its own, with WebSocket upgrades enabled: for a request
-    /// that asks for an upgrade, whose `101` hyper answers by handing the socket to the tunnel
-    /// once the connection future has run to its end. The connection is never pooled again.
-    pub fn spawn_for_upgrade(&mut self) {
-        if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move {
-                if let Err(e) = (*driver).with_upgrades().await {
-                    debug!(error = %e, "upstream connection ended with an error");
-                }
-            });
+    fn has_ended(&self) -> bool {
+        matches!(self.driver, Driver::Ended)
+    }
+
+    /// Hands the connection to a task of its own, for good, with upgrades enabled. For a request
+    /// that asks for a WebSocket upgrade: hyper hands the socket to the tunnel only from a
+    /// connection future that runs to its end. For a request with a body: the body must go on
+    /// streaming to the upstream while the response body waits for the client (a client that
+    /// sends its whole body before reading must not stall), and only a task of its own keeps the
+    /// connection going then. Such a connection is pooled as any other; its task sees the
+    /// upstream's close, so its `sender` says whether it is idle.
+    pub fn detach(&mut self) {
+        match std::mem::replace(&mut self.driver, Driver::Detached) {
+            Driver::Inline(connection) => {
+                tokio::spawn(async move {
+                    if let Err(e) = (*connection).with_upgrades().await {
+                        debug!(error = %e, "upstream connection ended with an error");
+                    }
+                });
+            }
+            other => self.driver = other,
         }
     }
 }
@@ -224,7 +246,7 @@ impl Pool {
             .map_err(ConnectError::Handshake)?;
         Ok(Conn {
             sender,
-            driver: Some(Box::new(driver)),
+            driver: Driver::Inline(Box::new(driver)),
             registered: false,
         })
     }
@@ -264,18 +286,19 @@ impl Pool {
         if !conn.is_idle() {
             // hyper has not yet seen the end of the exchange (e.g. the request body is still being
             // written after an early response): let it finish off the request path.
-            if conn.driver.is_some() {
+            if !conn.has_ended() {
                 let pool = self.clone();
                 let wait = self.idle_timeout;
                 runtime.spawn(async move {
                     let finish = std::future::poll_fn(|cx| {
-                        if conn.drive(cx).is_ready() {
+                        if conn.drive(cx).is_ready() && conn.has_ended() {
                             return Poll::Ready(false);
                         }
                         conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
                     });
                     if let Ok(true) = tokio::time::timeout(wait, finish).await {
-                        if conn.settle().is_pending() {
+                        let _ = conn.settle();
+                        if conn.is_idle() {
                             pool.push(authority, conn);
                         }
                     }

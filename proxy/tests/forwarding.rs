@@ -509,7 +509,7 @@ async fn stale_pooled_connection_is_retried_for_idempotent_requests() {
 /// Reads a request head from a raw test upstream's socket: the request line and the
 /// `Content-Length` (0 without one); `None` at the end of the stream.
 async fn read_request_head(
-    tcp: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    tcp: &mut (impl tokio::io::AsyncBufRead + Unpin),
 ) -> Option<(String, usize)> {
     use tokio::io::AsyncBufReadExt;
 
@@ -663,6 +663,122 @@ async fn next_named(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -
         .await
         .expect("an upstream event within 5 s")
         .expect("upstream running")
+}
+
+/// A WebSocket upgrade whose pooled connection the upstream had closed goes out on a new
+/// connection, and that one is joined to the client's too (it must be able to hand its socket
+/// over, as the pooled one could).
+#[tokio::test]
+async fn an_upgrade_sent_again_on_a_new_connection_still_tunnels() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let close = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let told = close.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (events, told) = (events.clone(), told.clone());
+            tokio::spawn(async move {
+                let mut tcp = tokio::io::BufReader::new(tcp);
+                let Some((request, _)) = read_request_head(&mut tcp).await else {
+                    return;
+                };
+                if request.starts_with("GET /ws ") {
+                    let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                                upgrade: websocket\r\n\r\n";
+                    tcp.get_mut().write_all(head.as_bytes()).await.unwrap();
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                        tcp.get_mut().write_all(&buf[..n]).await.unwrap();
+                    }
+                    return;
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                tcp.get_mut().write_all(answer).await.unwrap();
+                told.notified().await;
+                tcp.into_inner().shutdown().await.unwrap();
+                let _ = events.send("closed");
+            });
+        }
+    });
+    let pki = TestPki::new();
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let (status, _, _) = collect(client.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    close.notify_one();
+    assert_eq!(next_event(&mut received).await, "closed");
+
+    let mut tunnel = open_tunnel(&pki, proxy.addr).await;
+    tunnel.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), tunnel.read_exact(&mut echoed))
+        .await
+        .expect("an echo within 5 s")
+        .expect("the tunnel open");
+    assert_eq!(&echoed, b"ping");
+    proxy.shutdown().await;
+}
+
+/// The upstream answers a large upload at once with a large body while it goes on reading the
+/// upload; the client sends its whole body before it reads anything. The upload must not wait for
+/// the client to take the response (it would wait for ever).
+#[tokio::test]
+async fn an_upload_goes_on_while_its_response_waits_for_the_client() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Well past what the sockets and the proxy buffer on each path.
+    const UP: usize = 32 << 20;
+    const DOWN: usize = 32 << 20;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = tcp.into_split();
+                let mut read = tokio::io::BufReader::new(read);
+                let Some((_, length)) = read_request_head(&mut read).await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {DOWN}\r\n\r\n");
+                    let _ = write.write_all(head.as_bytes()).await;
+                    let chunk = vec![b'd'; 64 * 1024];
+                    for _ in 0..DOWN / chunk.len() {
+                        if write.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let mut body = vec![0; length];
+                read.read_exact(&mut body).await.unwrap();
+                let _ = events.send("body received");
+            });
+        }
+    });
+    let pki = TestPki::new();
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {UP}\r\n\r\n");
+    let upload = async {
+        tls.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'u'; 64 * 1024];
+        for _ in 0..UP / chunk.len() {
+            tls.write_all(&chunk).await.unwrap();
+        }
+        tls.flush().await.unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(20), upload)
+        .await
+        .expect("the upload stalled while its response waited for the client");
+    assert_eq!(next_event(&mut received).await, "body received");
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
