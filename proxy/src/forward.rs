@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,18 +27,19 @@ use tracing::{debug, warn};
 
 use crate::config::{Cidr, Limits, Timeouts, Upstream};
 use crate::error::ProxyError;
-use crate::upstream::{Checkout, Conn, ConnectError, Pool, PooledBody};
+use crate::upstream::{Checkout, Conn, ConnectError, Driving, Pool, PooledBody};
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
 /// idempotent request be sent again on a fresh connection).
 pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
 /// The client's request body as it streams upstream. It reports when its last byte has gone,
-/// because the upstream response timeout counts from there: however long an upload takes is the
-/// client's time, not the upstream's.
+/// because the upstream response timeout counts from there (however long an upload takes is the
+/// client's time, not the upstream's), and the connection goes back to the request's task then
+/// ([`Driving::UntilBodySent`]).
 pub struct ClientBody {
     inner: Incoming,
-    sent: Option<oneshot::Sender<()>>,
+    sent: Option<(oneshot::Sender<()>, Arc<AtomicBool>)>,
 }
 
 impl http_body::Body for ClientBody {
@@ -54,8 +55,9 @@ impl http_body::Body for ClientBody {
         if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
             || self.inner.is_end_stream()
         {
-            if let Some(sent) = self.sent.take() {
-                let _ = sent.send(());
+            if let Some((timer, connection)) = self.sent.take() {
+                connection.store(true, Ordering::Release);
+                let _ = timer.send(());
             }
         }
         poll
@@ -492,16 +494,18 @@ pub async fn forward(
         )
     } else {
         let (sent, body_sent) = oneshot::channel();
+        let gone = Arc::new(AtomicBool::new(false));
         let body = ClientBody {
             inner: body,
-            sent: Some(sent),
+            sent: Some((sent, gone.clone())),
         };
-        (Either::Left(body), Some(body_sent))
+        (Either::Left(body), Some((body_sent, gone)))
     };
-
-    // A request with a body, or one that asks for an upgrade, gets a connection that runs in a
-    // task of its own (see `Conn::detach`).
-    let detach = upgrade || body_sent.is_some();
+    let (body_sent, driving) = match body_sent {
+        _ if upgrade => (None, Driving::Elsewhere),
+        Some((body_sent, gone)) => (Some(body_sent), Driving::UntilBodySent(gone)),
+        None => (None, Driving::Here),
+    };
     let start = Instant::now();
     let deadline = start + timeouts.upstream_response;
     let timeout_error = || ProxyError::Timeout {
@@ -528,7 +532,7 @@ pub async fn forward(
     };
     let first = tokio::select! {
         biased; // the exchange first: no random branch order to draw per poll
-        result = exchange(client, upstream, Request::from_parts(parts, body), detach) => result,
+        result = exchange(client, upstream, Request::from_parts(parts, body), &driving) => result,
         () = response_deadline => return Err(timeout_error()),
     };
     let (mut response, conn) = match (first, retry_parts) {
@@ -545,7 +549,7 @@ pub async fn forward(
             prepare_parts(&mut parts, fields, peer, false);
             let request = Request::from_parts(parts, Either::Right(Empty::new()));
             // Boxed: a rare path, kept out of every request's future (which is moved per request).
-            let fresh = send_fresh(client, upstream, request, false);
+            let fresh = send_fresh(client, upstream, request, &Driving::Here);
             tokio::time::timeout_at(deadline, Box::pin(fresh))
                 .await
                 .map_err(|_| timeout_error())?
@@ -598,27 +602,25 @@ impl Failure {
     }
 }
 
-/// Sends `req` on a pooled connection, or a new one, up to the response head; `detach` gives the
-/// connection a task of its own (see `Conn::detach`). A request that never left because its
-/// pooled connection had been closed meanwhile goes out again on a new connection, whatever its
-/// method: the upstream has not seen it.
+/// Sends `req` on a pooled connection, or a new one, up to the response head; `driving` says who
+/// drives the connection meanwhile. A request that never left because its pooled connection had
+/// been closed meanwhile goes out again on a new connection, whatever its method: the upstream
+/// has not seen it.
 async fn exchange(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-    detach: bool,
+    driving: &Driving,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let Checkout { mut conn, reused } = pool.checkout(upstream).await.map_err(Failure::Connect)?;
-    if detach {
-        conn.detach();
-    }
+    conn.start(driving);
     let response = conn.sender.try_send_request(req);
-    match driving(&mut conn, response).await {
+    match await_head(&mut conn, response).await {
         Ok(response) => Ok((response, conn)),
         Err(mut e) => match e.take_message() {
             Some(req) if reused => {
                 debug!(upstream = %upstream, "pooled connection closed before the request left; sending on a new one");
-                Box::pin(send_fresh(pool, upstream, req, detach)).await
+                Box::pin(send_fresh(pool, upstream, req, driving)).await
             }
             _ => Err(Failure::Sent {
                 reused,
@@ -645,19 +647,17 @@ impl Future for SkipFirstPoll {
     }
 }
 
-/// Sends `req` on a new connection (`detach` as for [`exchange`]).
+/// Sends `req` on a new connection (`driving` as for [`exchange`]).
 async fn send_fresh(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-    detach: bool,
+    driving: &Driving,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let mut conn = pool.connect(upstream).await.map_err(Failure::Connect)?;
-    if detach {
-        conn.detach();
-    }
+    conn.start(driving);
     let response = conn.sender.send_request(req);
-    let response = driving(&mut conn, response)
+    let response = await_head(&mut conn, response)
         .await
         .map_err(|error| Failure::Sent {
             reused: false,
@@ -668,7 +668,7 @@ async fn send_fresh(
 
 /// Awaits `response` (a request's response head) while driving `conn`, the connection it went out
 /// on, which has no task of its own (see [`crate::upstream`]).
-async fn driving<F: Future>(conn: &mut Conn, response: F) -> F::Output {
+async fn await_head<F: Future>(conn: &mut Conn, response: F) -> F::Output {
     // Outside tokio's budget: polled without a waker (below), a future that ran out of budget
     // would ask for a wake-up nobody receives.
     let mut response = std::pin::pin!(tokio::task::unconstrained(response));
@@ -677,15 +677,20 @@ async fn driving<F: Future>(conn: &mut Conn, response: F) -> F::Output {
         // Only the connection can complete the response, so the response is polled without a
         // waker as long as the connection is. The connection is polled without one first (see
         // `Conn::settle`), and with this task's waker only when it then waits.
-        if conn.settle().is_pending() {
+        if conn.settle().is_pending() && conn.is_inline() {
             if let Poll::Ready(response) = response.as_mut().poll(&mut no_wake) {
                 return Poll::Ready(response);
             }
-            if conn.drive(cx).is_pending() {
+            if conn.drive(cx).is_pending() && conn.is_inline() {
                 return response.as_mut().poll(&mut no_wake);
             }
         }
-        // Ended (the response is then an error) or in a task of its own (`Conn::detach`).
+        // Ended (the response is then an error), or driven by another task (lent until the body
+        // has gone, or an upgrade's), which wakes this one through hyper's channels; a lent
+        // connection's return wakes it too (`drive` registered it).
+        if !conn.is_inline() {
+            let _ = conn.drive(cx);
+        }
         response.as_mut().poll(cx)
     })
     .await

@@ -719,6 +719,7 @@ async fn an_upgrade_sent_again_on_a_new_connection_still_tunnels() {
         .expect("an echo within 5 s")
         .expect("the tunnel open");
     assert_eq!(&echoed, b"ping");
+    drop(tunnel); // else the shutdown waits out its grace period for it
     proxy.shutdown().await;
 }
 
@@ -778,6 +779,7 @@ async fn an_upload_goes_on_while_its_response_waits_for_the_client() {
         .await
         .expect("the upload stalled while its response waited for the client");
     assert_eq!(next_event(&mut received).await, "body received");
+    drop(tls); // else the shutdown waits out its grace period for the unread response
     proxy.shutdown().await;
 }
 
