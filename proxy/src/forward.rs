@@ -672,14 +672,19 @@ async fn await_head<F: Future>(conn: &mut Conn, response: F) -> F::Output {
     // Outside tokio's budget: polled without a waker (below), a future that ran out of budget
     // would ask for a wake-up nobody receives.
     let mut response = std::pin::pin!(tokio::task::unconstrained(response));
+    let mut first = true;
     std::future::poll_fn(|cx| {
         let mut no_wake = Context::from_waker(std::task::Waker::noop());
-        // Only the connection can complete the response, so the response is polled without a
-        // waker as long as the connection is. The connection is polled without one first (see
-        // `Conn::settle`), and with this task's waker only when it then waits.
-        if conn.settle().is_pending() && conn.is_inline() {
-            if let Poll::Ready(response) = response.as_mut().poll(&mut no_wake) {
-                return Poll::Ready(response);
+        // While only this task drives the connection, only it can complete the response, so the
+        // response is polled without a waker. From the second poll on, the connection is polled
+        // without one first too (see `Conn::settle`), and with this task's waker only when it
+        // then waits; the first poll only writes the request (nothing can have come back yet).
+        let first = std::mem::take(&mut first);
+        if conn.is_inline() && (first || conn.settle().is_pending()) && conn.is_inline() {
+            if !first {
+                if let Poll::Ready(response) = response.as_mut().poll(&mut no_wake) {
+                    return Poll::Ready(response);
+                }
             }
             if conn.drive(cx).is_pending() && conn.is_inline() {
                 return response.as_mut().poll(&mut no_wake);
