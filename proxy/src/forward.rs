@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,19 +27,18 @@ use tracing::{debug, warn};
 
 use crate::config::{Cidr, Limits, Timeouts, Upstream};
 use crate::error::ProxyError;
-use crate::upstream::{Checkout, Conn, ConnectError, Driving, Pool, PooledBody};
+use crate::upstream::{Checkout, Conn, ConnectError, Pool, PooledBody};
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
 /// idempotent request be sent again on a fresh connection).
 pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
 /// The client's request body as it streams upstream. It reports when its last byte has gone,
-/// because the upstream response timeout counts from there (however long an upload takes is the
-/// client's time, not the upstream's), and the connection goes back to the request's task then
-/// ([`Driving::UntilBodySent`]).
+/// because the upstream response timeout counts from there: however long an upload takes is the
+/// client's time, not the upstream's.
 pub struct ClientBody {
     inner: Incoming,
-    sent: Option<(oneshot::Sender<()>, Arc<AtomicBool>)>,
+    sent: Option<oneshot::Sender<()>>,
 }
 
 impl http_body::Body for ClientBody {
@@ -55,9 +54,8 @@ impl http_body::Body for ClientBody {
         if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
             || self.inner.is_end_stream()
         {
-            if let Some((timer, connection)) = self.sent.take() {
-                connection.store(true, Ordering::Release);
-                let _ = timer.send(());
+            if let Some(sent) = self.sent.take() {
+                let _ = sent.send(());
             }
         }
         poll
@@ -494,18 +492,16 @@ pub async fn forward(
         )
     } else {
         let (sent, body_sent) = oneshot::channel();
-        let gone = Arc::new(AtomicBool::new(false));
         let body = ClientBody {
             inner: body,
-            sent: Some((sent, gone.clone())),
+            sent: Some(sent),
         };
-        (Either::Left(body), Some((body_sent, gone)))
+        (Either::Left(body), Some(body_sent))
     };
-    let (body_sent, driving) = match body_sent {
-        _ if upgrade => (None, Driving::Elsewhere),
-        Some((body_sent, gone)) => (Some(body_sent), Driving::UntilBodySent(gone)),
-        None => (None, Driving::Here),
-    };
+
+    // A request with a body, or one that asks for an upgrade, gets a connection that runs in a
+    // task of its own (see `Conn::detach`).
+    let detach = upgrade || body_sent.is_some();
     let start = Instant::now();
     let deadline = start + timeouts.upstream_response;
     let timeout_error = || ProxyError::Timeout {
@@ -532,7 +528,7 @@ pub async fn forward(
     };
     let first = tokio::select! {
         biased; // the exchange first: no random branch order to draw per poll
-        result = exchange(client, upstream, Request::from_parts(parts, body), &driving) => result,
+        result = exchange(client, upstream, Request::from_parts(parts, body), detach) => result,
         () = response_deadline => return Err(timeout_error()),
     };
     let (mut response, conn) = match (first, retry_parts) {
@@ -549,7 +545,7 @@ pub async fn forward(
             prepare_parts(&mut parts, fields, peer, false);
             let request = Request::from_parts(parts, Either::Right(Empty::new()));
             // Boxed: a rare path, kept out of every request's future (which is moved per request).
-            let fresh = send_fresh(client, upstream, request, &Driving::Here);
+            let fresh = send_fresh(client, upstream, request, false);
             tokio::time::timeout_at(deadline, Box::pin(fresh))
                 .await
                 .map_err(|_| timeout_error())?
@@ -602,25 +598,27 @@ impl Failure {
     }
 }
 
-/// Sends `req` on a pooled connection, or a new one, up to the response head; `driving` says who
-/// drives the connection meanwhile. A request that never left because its pooled connection had
-/// been closed meanwhile goes out again on a new connection, whatever its method: the upstream
-/// has not seen it.
+/// Sends `req` on a pooled connection, or a new one, up to the response head; `detach` gives the
+/// connection a task of its own (see `Conn::detach`). A request that never left because its
+/// pooled connection had been closed meanwhile goes out again on a new connection, whatever its
+/// method: the upstream has not seen it.
 async fn exchange(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-    driving: &Driving,
+    detach: bool,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let Checkout { mut conn, reused } = pool.checkout(upstream).await.map_err(Failure::Connect)?;
-    conn.start(driving);
+    if detach {
+        conn.detach();
+    }
     let response = conn.sender.try_send_request(req);
-    match await_head(&mut conn, response).await {
+    match driving(&mut conn, response).await {
         Ok(response) => Ok((response, conn)),
         Err(mut e) => match e.take_message() {
             Some(req) if reused => {
                 debug!(upstream = %upstream, "pooled connection closed before the request left; sending on a new one");
-                Box::pin(send_fresh(pool, upstream, req, driving)).await
+                Box::pin(send_fresh(pool, upstream, req, detach)).await
             }
             _ => Err(Failure::Sent {
                 reused,
@@ -647,17 +645,19 @@ impl Future for SkipFirstPoll {
     }
 }
 
-/// Sends `req` on a new connection (`driving` as for [`exchange`]).
+/// Sends `req` on a new connection (`detach` as for [`exchange`]).
 async fn send_fresh(
     pool: &Pool,
     upstream: &Upstream,
     req: Request<UpstreamBody>,
-    driving: &Driving,
+    detach: bool,
 ) -> Result<(Response<Incoming>, Conn), Failure> {
     let mut conn = pool.connect(upstream).await.map_err(Failure::Connect)?;
-    conn.start(driving);
+    if detach {
+        conn.detach();
+    }
     let response = conn.sender.send_request(req);
-    let response = await_head(&mut conn, response)
+    let response = driving(&mut conn, response)
         .await
         .map_err(|error| Failure::Sent {
             reused: false,
@@ -668,34 +668,29 @@ async fn send_fresh(
 
 /// Awaits `response` (a request's response head) while driving `conn`, the connection it went out
 /// on, which has no task of its own (see [`crate::upstream`]).
-async fn await_head<F: Future>(conn: &mut Conn, response: F) -> F::Output {
+async fn driving<F: Future>(conn: &mut Conn, response: F) -> F::Output {
     // Outside tokio's budget: polled without a waker (below), a future that ran out of budget
     // would ask for a wake-up nobody receives.
     let mut response = std::pin::pin!(tokio::task::unconstrained(response));
     let mut first = true;
     std::future::poll_fn(|cx| {
         let mut no_wake = Context::from_waker(std::task::Waker::noop());
-        // While only this task drives the connection, only it can complete the response, so the
-        // response is polled without a waker. From the second poll on, the connection is polled
+        // Only the connection can complete the response, so the response is polled without a
+        // waker as long as the connection is. From the second poll on, the connection is polled
         // without one first too (see `Conn::settle`), and with this task's waker only when it
         // then waits; the first poll only writes the request (nothing can have come back yet).
         let first = std::mem::take(&mut first);
-        if conn.is_inline() && (first || conn.settle().is_pending()) && conn.is_inline() {
+        if first || conn.settle().is_pending() {
             if !first {
                 if let Poll::Ready(response) = response.as_mut().poll(&mut no_wake) {
                     return Poll::Ready(response);
                 }
             }
-            if conn.drive(cx).is_pending() && conn.is_inline() {
+            if conn.drive(cx).is_pending() {
                 return response.as_mut().poll(&mut no_wake);
             }
         }
-        // Ended (the response is then an error), or driven by another task (lent until the body
-        // has gone, or an upgrade's), which wakes this one through hyper's channels; a lent
-        // connection's return wakes it too (`drive` registered it).
-        if !conn.is_inline() {
-            let _ = conn.drive(cx);
-        }
+        // Ended (the response is then an error) or in a task of its own (`Conn::detach`).
         response.as_mut().poll(cx)
     })
     .await

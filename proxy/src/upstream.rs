@@ -10,24 +10,23 @@
 //! a channel per checkout); this pool measured 13 % fewer instructions per proxied request
 //! ("Benchmarks" in README.md).
 //!
-//! A connection has no task of its own: hyper's connection future ([`Conn`]'s driver) is polled by
-//! the task of the request that has it checked out, beside that request's response future and
-//! then by its response body. The upstream socket wakes the request's task directly, and request
-//! and response pass between hyper's two halves without waking a second task. Measured against a
-//! task per connection in the same bench rounds: HTTP/2 ×1.10 requests per busy core (fewer
-//! system calls and segments per request, and 4 % less user time), HTTP/1.1 even within the
-//! rounds' spread. Two exceptions: a request with a body lends its connection to a task of its
-//! own until the body has gone ([`Conn::lend`] says why), and one asking for a WebSocket upgrade
-//! hands it over for good ([`Conn::detach`]). An idle connection is polled by nobody: an
-//! upstream's close that arrived meanwhile is read by the next request's first poll, and hyper
-//! then hands that request back unsent, for a new connection (`forward::exchange`).
+//! A connection has no task of its own while it serves requests without a body (nearly all of
+//! them): hyper's connection future ([`Conn`]'s driver) is polled by the task of the request that
+//! has it checked out, beside that request's response future and then by its response body. The
+//! upstream socket wakes the request's task directly, and request and response pass between
+//! hyper's two halves without waking a second task. Measured against a task per connection in
+//! the same bench rounds: HTTP/2 ×1.10 requests per busy core (fewer system calls and segments
+//! per request, and 4 % less user time), HTTP/1.1 even within the rounds' spread. An idle
+//! connection is polled by nobody: an upstream's close that arrived meanwhile is read by the next
+//! request's first poll, and hyper then hands that request back unsent, for a new connection
+//! (`forward::exchange`). A request with a body, or one asking for a WebSocket upgrade, hands its
+//! connection to a task of its own for good ([`Conn::detach`] says why).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -40,7 +39,6 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -64,42 +62,17 @@ enum Driver {
     /// Whoever holds the `Conn`. Boxed: a `Conn` moves with its request's future (into the pool
     /// and out, into the response body), and hyper's connection state is large.
     Inline(Box<Connection>),
-    /// Lent to a task of its own until the request's body has gone ([`Conn::lend`]); it comes
-    /// back through this channel.
-    Lent(oneshot::Receiver<Box<Connection>>),
-    /// A task of its own for good ([`Conn::detach`]); never pooled again.
+    /// A task of its own (see [`Conn::detach`]).
     Detached,
     /// The connection has ended.
     Ended,
 }
 
-/// Who drives a connection during one request (see [`Conn::start`]).
-#[derive(Clone)]
-pub enum Driving {
-    /// The request's task: a request without a body.
-    Here,
-    /// A task of its own until the request's body has gone (the flag says when), then the
-    /// request's task.
-    UntilBodySent(Arc<AtomicBool>),
-    /// A task of its own for good: a request that asks for an upgrade.
-    Elsewhere,
-}
-
 impl Conn {
-    /// Arranges who drives the connection for a request about to be sent on it.
-    pub fn start(&mut self, driving: &Driving) {
-        match driving {
-            Driving::Here => {}
-            Driving::UntilBodySent(sent) => self.lend(sent.clone()),
-            Driving::Elsewhere => self.detach(),
-        }
-    }
-
     /// Lets the connection do what it can (write the request, read the response) and registers
-    /// `cx` for what it waits on (its socket and hyper's channels, or its return from a task it
-    /// was lent to). Ready when there is nothing for the caller to drive: the connection has
-    /// ended (a request in flight then gets hyper's error through its response future) or runs
-    /// in a task of its own for good.
+    /// `cx` for what it waits on. Ready when there is nothing for the caller to drive: the
+    /// connection has ended (a request in flight then gets hyper's error through its response
+    /// future) or runs in a task of its own (which wakes the caller through hyper's channels).
     pub fn drive(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.registered = true;
         self.poll_driver(cx)
@@ -118,14 +91,6 @@ impl Conn {
     }
 
     fn poll_driver(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if let Driver::Lent(back) = &mut self.driver {
-            match Pin::new(back).poll(cx) {
-                Poll::Ready(Ok(connection)) => self.driver = Driver::Inline(connection),
-                // The task ended the connection (or it ended there).
-                Poll::Ready(Err(_)) => self.driver = Driver::Ended,
-                Poll::Pending => return Poll::Pending,
-            }
-        }
         let Driver::Inline(connection) = &mut self.driver else {
             return Poll::Ready(());
         };
@@ -139,64 +104,23 @@ impl Conn {
         Poll::Ready(())
     }
 
-    /// Whether only the holder's polls move the connection on (so only they can complete a
-    /// response sent on it).
-    pub fn is_inline(&self) -> bool {
-        matches!(self.driver, Driver::Inline(_))
-    }
-
     /// Open and free for a request.
     fn is_idle(&self) -> bool {
-        self.is_inline() && self.sender.is_ready()
+        !matches!(self.driver, Driver::Ended) && self.sender.is_ready()
     }
 
-    /// Nothing will ever make it idle again: ended, or in a task of its own for good.
-    fn is_gone(&self) -> bool {
-        matches!(self.driver, Driver::Ended | Driver::Detached)
+    fn has_ended(&self) -> bool {
+        matches!(self.driver, Driver::Ended)
     }
 
-    /// Lends the connection to a task of its own until the request's body has gone (`sent` is
-    /// set by the body once its end has been read): the body must go on streaming to the
-    /// upstream while the response body waits for the client (a client that sends its whole body
-    /// before it reads must not stall), and only another task keeps the connection going then.
-    /// Once the body has gone the connection comes back, and the request's task drives it again.
-    /// If the request goes away first, the task closes the connection.
-    fn lend(&mut self, sent: Arc<AtomicBool>) {
-        let (give_back, back) = oneshot::channel();
-        let Driver::Inline(mut connection) =
-            std::mem::replace(&mut self.driver, Driver::Lent(back))
-        else {
-            unreachable!("only an inline connection is lent: a new or pooled one");
-        };
-        let mut give_back = give_back;
-        tokio::spawn(async move {
-            let returned = std::future::poll_fn(|cx| {
-                if give_back.poll_closed(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                if let Poll::Ready(result) = Pin::new(&mut *connection).poll(cx) {
-                    if let Err(e) = result {
-                        debug!(error = %e, "upstream connection ended with an error");
-                    }
-                    return Poll::Ready(false);
-                }
-                if sent.load(Ordering::Acquire) {
-                    Poll::Ready(true)
-                } else {
-                    Poll::Pending
-                }
-            })
-            .await;
-            if returned {
-                let _ = give_back.send(connection);
-            }
-        });
-    }
-
-    /// Hands the connection to a task of its own, for good, with upgrades enabled: for a request
-    /// that asks for a WebSocket upgrade, whose socket hyper hands to the tunnel only from a
-    /// connection future that runs to its end. Never pooled again.
-    fn detach(&mut self) {
+    /// Hands the connection to a task of its own, for good, with upgrades enabled. For a request
+    /// that asks for a WebSocket upgrade: hyper hands the socket to the tunnel only from a
+    /// connection future that runs to its end. For a request with a body: the body must go on
+    /// streaming to the upstream while the response body waits for the client (a client that
+    /// sends its whole body before reading must not stall), and only a task of its own keeps the
+    /// connection going then. Such a connection is pooled as any other; its task sees the
+    /// upstream's close, so its `sender` says whether it is idle.
+    pub fn detach(&mut self) {
         match std::mem::replace(&mut self.driver, Driver::Detached) {
             Driver::Inline(connection) => {
                 tokio::spawn(async move {
@@ -361,18 +285,14 @@ impl Pool {
         }
         if !conn.is_idle() {
             // hyper has not yet seen the end of the exchange (e.g. the request body is still being
-            // written after an early response): let it finish off the request path, for at most
-            // the idle timeout (then the connection is closed).
-            if !conn.is_gone() {
+            // written after an early response): let it finish off the request path.
+            if !conn.has_ended() {
                 let pool = self.clone();
                 let wait = self.idle_timeout;
                 runtime.spawn(async move {
                     let finish = std::future::poll_fn(|cx| {
-                        if conn.drive(cx).is_ready() {
+                        if conn.drive(cx).is_ready() && conn.has_ended() {
                             return Poll::Ready(false);
-                        }
-                        if !conn.is_inline() {
-                            return Poll::Pending; // lent: woken when it comes back
                         }
                         conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
                     });
