@@ -10,17 +10,16 @@
 //! a channel per checkout); this pool measured 13 % fewer instructions per proxied request
 //! ("Benchmarks" in README.md).
 //!
-//! A connection has no task of its own while it serves requests without a body (nearly all of
-//! them): hyper's connection future ([`Conn`]'s driver) is polled by the task of the request that
-//! has it checked out, beside that request's response future and then by its response body. The
-//! upstream socket wakes the request's task directly, and request and response pass between
-//! hyper's two halves without waking a second task. Measured against a task per connection in
-//! the same bench rounds: HTTP/2 ×1.10 requests per busy core (fewer system calls and segments
-//! per request, and 4 % less user time), HTTP/1.1 even within the rounds' spread. An idle
-//! connection is polled by nobody: an upstream's close that arrived meanwhile is read by the next
-//! request's first poll, and hyper then hands that request back unsent, for a new connection
-//! (`forward::exchange`). A request with a body, or one asking for a WebSocket upgrade, hands its
-//! connection to a task of its own for good ([`Conn::detach`] says why).
+//! A new connection has no task of its own: hyper's connection future ([`Conn`]'s driver) is polled
+//! by the task of the request that has it checked out, beside that request's response future and
+//! then by its response body. The upstream socket wakes the request's task directly, and request
+//! and response pass between hyper's two halves without waking a second task. Measured against a
+//! task per connection in the same bench rounds: HTTP/2 ≈ ×1.1 requests per busy core (fewer
+//! system calls and segments per request, and less user time), HTTP/1.1 even within the rounds'
+//! spread. An idle connection is polled by nobody: an upstream's close that arrived meanwhile is
+//! read by the next request's first poll, and hyper then hands that request back unsent, for a
+//! new connection (`forward::exchange`). A request with a body, or one asking for a WebSocket
+//! upgrade, hands its connection to a task of its own for good ([`Conn::detach`] says why).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -119,7 +118,10 @@ impl Conn {
     /// streaming to the upstream while the response body waits for the client (a client that
     /// sends its whole body before reading must not stall), and only a task of its own keeps the
     /// connection going then. Such a connection is pooled as any other; its task sees the
-    /// upstream's close, so its `sender` says whether it is idle.
+    /// upstream's close, so its `sender` says whether it is idle. (Lending it to a task only until
+    /// the body has gone was tried: hyper may drop a body without its end being seen, and may
+    /// still hold unflushed request bytes when it has; see "What the performance work changed"
+    /// in README.md.)
     pub fn detach(&mut self) {
         match std::mem::replace(&mut self.driver, Driver::Detached) {
             Driver::Inline(connection) => {
