@@ -667,7 +667,7 @@ async fn send_fresh(
 }
 
 /// Awaits `response` (a request's response head) while driving `conn`, the connection it went out
-/// on, which has no task of its own (see [`crate::upstream`]).
+/// on, unless that runs in a task of its own (see [`crate::upstream`]).
 async fn driving<F: Future>(conn: &mut Conn, response: F) -> F::Output {
     // Outside tokio's budget: polled without a waker (below), a future that ran out of budget
     // would ask for a wake-up nobody receives.
