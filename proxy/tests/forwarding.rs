@@ -643,9 +643,9 @@ async fn a_connection_answered_early_is_reused_once_the_body_is_sent() {
     tls.write_all(head.as_bytes()).await.unwrap();
     assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
     tls.write_all(b"56789").await.unwrap();
-    assert_eq!(next_named(&mut received).await, "accepted");
+    assert_eq!(next_event(&mut received).await, "accepted");
     assert_eq!(
-        next_named(&mut received).await,
+        next_event(&mut received).await,
         "POST /upload HTTP/1.1 0123456789"
     );
     tls.write_all(b"GET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -653,16 +653,8 @@ async fn a_connection_answered_early_is_reused_once_the_body_is_sent() {
         .unwrap();
     assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
     // On the same connection: no second "accepted" before it.
-    assert_eq!(next_named(&mut received).await, "GET /next HTTP/1.1");
+    assert_eq!(next_event(&mut received).await, "GET /next HTTP/1.1");
     proxy.shutdown().await;
-}
-
-/// Waits for the next event of a test upstream, failing after 5 s.
-async fn next_named(events: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    tokio::time::timeout(Duration::from_secs(5), events.recv())
-        .await
-        .expect("an upstream event within 5 s")
-        .expect("upstream running")
 }
 
 /// A WebSocket upgrade whose pooled connection the upstream had closed goes out on a new
@@ -863,9 +855,7 @@ async fn observed_upstream() -> (
 }
 
 /// Waits for the next upstream event, failing after 5 s.
-async fn next_event(
-    events: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>,
-) -> &'static str {
+async fn next_event<T>(events: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
     tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
         .expect("an upstream event within 5 s")
