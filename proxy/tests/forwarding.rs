@@ -629,19 +629,9 @@ async fn a_connection_answered_early_is_reused_once_the_body_is_sent() {
     let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
         .await
         .unwrap();
-    let response = async |tls: &mut tokio_rustls::client::TlsStream<_>| {
-        let mut received = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !received.ends_with(b"\r\n\r\nok") {
-            let n = tls.read(&mut buf).await.unwrap();
-            assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&received));
-            received.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8(received).unwrap()
-    };
     let head = "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n01234";
     tls.write_all(head.as_bytes()).await.unwrap();
-    assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    assert!(read_ok_response(&mut tls).await.starts_with("HTTP/1.1 200"));
     tls.write_all(b"56789").await.unwrap();
     assert_eq!(next_event(&mut received).await, "accepted");
     assert_eq!(
@@ -651,9 +641,134 @@ async fn a_connection_answered_early_is_reused_once_the_body_is_sent() {
     tls.write_all(b"GET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    assert!(response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    assert!(read_ok_response(&mut tls).await.starts_with("HTTP/1.1 200"));
     // On the same connection: no second "accepted" before it.
     assert_eq!(next_event(&mut received).await, "GET /next HTTP/1.1");
+    proxy.shutdown().await;
+}
+
+/// Reads one response whose body is `ok` from a raw TLS client connection.
+async fn read_ok_response(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> String {
+    use tokio::io::AsyncReadExt;
+
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !received.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .expect("a response within 5 s")
+            .unwrap();
+        assert_ne!(n, 0, "closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(received).unwrap()
+}
+
+/// A hyper upstream that reads each request's body to its end before it answers `ok`, and reports
+/// each connection it accepts and each request (`METHOD /path body`).
+async fn body_reading_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use http_body_util::BodyExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let _ = events.send("accepted".to_string());
+            let events = events.clone();
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let events = events.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let body = String::from_utf8_lossy(&body);
+                    let event = format!("{} {} {body}", parts.method, parts.uri.path());
+                    let _ = events.send(event.trim().to_string());
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(Bytes::from_static(b"ok")),
+                    ))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    (addr, received)
+}
+
+/// A chunked HTTP/1.1 upload with trailers: hyper takes the trailers and drops the body without
+/// its end being polled. The connection that carried it still serves the next request.
+#[tokio::test]
+async fn a_chunked_upload_with_trailers_leaves_its_connection_reusable() {
+    use tokio::io::AsyncWriteExt;
+
+    let (upstream, mut events) = body_reading_upstream().await;
+    let pki = TestPki::new();
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let upload = "POST /up HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+                  Trailer: x-check\r\n\r\n5\r\nhello\r\n0\r\nx-check: 1\r\n\r\n";
+    tls.write_all(upload.as_bytes()).await.unwrap();
+    assert!(read_ok_response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(next_event(&mut events).await, "accepted");
+    assert_eq!(next_event(&mut events).await, "POST /up hello");
+    tls.write_all(b"GET /next HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_ok_response(&mut tls).await.starts_with("HTTP/1.1 200"));
+    // On the same upstream connection: no second "accepted" before it.
+    assert_eq!(next_event(&mut events).await, "GET /next");
+    drop(tls);
+    proxy.shutdown().await;
+}
+
+/// An HTTP/2 upload with a `content-length` whose END_STREAM comes in an empty DATA frame after
+/// the last byte: hyper's upstream side has its length and drops the body unfinished. The
+/// connection that carried it still serves the next request.
+#[tokio::test]
+async fn an_http2_upload_ended_by_an_empty_data_frame_leaves_its_connection_reusable() {
+    let (upstream, mut events) = body_reading_upstream().await;
+    let pki = TestPki::new();
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let mut client = h2::<ChannelBody>(&pki, proxy.addr).await;
+    let port = proxy.addr.port();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let request = Request::builder()
+        .method("POST")
+        .version(Version::HTTP_2)
+        .uri(format!("https://localhost:{port}/up"))
+        .header("content-length", "5")
+        .body(ChannelBody(rx))
+        .unwrap();
+    let response = tokio::spawn(client.send_request(request));
+    tx.send(Bytes::from_static(b"hello")).await.unwrap();
+    assert_eq!(next_event(&mut events).await, "accepted");
+    assert_eq!(next_event(&mut events).await, "POST /up hello");
+    drop(tx); // the client now ends the stream with an empty DATA frame
+    let (status, _, body) = collect(response.await.unwrap().unwrap()).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    let request = Request::builder()
+        .version(Version::HTTP_2)
+        .uri(format!("https://localhost:{port}/next"))
+        .body(ChannelBody(tokio::sync::mpsc::channel(1).1))
+        .unwrap();
+    let (status, _, _) = collect(client.send_request(request).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    // On the same upstream connection: no second "accepted" before it.
+    assert_eq!(next_event(&mut events).await, "GET /next");
     proxy.shutdown().await;
 }
 
