@@ -532,7 +532,8 @@ async fn read_request_head(
 }
 
 /// A raw upstream that answers each connection's one request with keep-alive, echoing its body,
-/// and closes the connection when told to (`close`), then reports the close.
+/// and closes the connection when told to (`close`), then reports the close. `GET /ws` gets a
+/// `101` instead, and the connection then echoes what comes.
 async fn closing_keepalive_upstream() -> (
     std::net::SocketAddr,
     std::sync::Arc<tokio::sync::Notify>,
@@ -550,9 +551,19 @@ async fn closing_keepalive_upstream() -> (
             let (events, told) = (events.clone(), told.clone());
             tokio::spawn(async move {
                 let mut tcp = tokio::io::BufReader::new(tcp);
-                let Some((_, length)) = read_request_head(&mut tcp).await else {
+                let Some((request, length)) = read_request_head(&mut tcp).await else {
                     return;
                 };
+                if request.starts_with("GET /ws ") {
+                    let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                                upgrade: websocket\r\n\r\n";
+                    tcp.get_mut().write_all(head.as_bytes()).await.unwrap();
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = tcp.read(&mut buf).await {
+                        tcp.get_mut().write_all(&buf[..n]).await.unwrap();
+                    }
+                    return;
+                }
                 let mut body = vec![0; length];
                 tcp.read_exact(&mut body).await.unwrap();
                 let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {length}\r\n\r\n");
@@ -779,37 +790,7 @@ async fn an_http2_upload_ended_by_an_empty_data_frame_leaves_its_connection_reus
 async fn an_upgrade_sent_again_on_a_new_connection_still_tunnels() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let close = std::sync::Arc::new(tokio::sync::Notify::new());
-    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let told = close.clone();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (events, told) = (events.clone(), told.clone());
-            tokio::spawn(async move {
-                let mut tcp = tokio::io::BufReader::new(tcp);
-                let Some((request, _)) = read_request_head(&mut tcp).await else {
-                    return;
-                };
-                if request.starts_with("GET /ws ") {
-                    let head = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
-                                upgrade: websocket\r\n\r\n";
-                    tcp.get_mut().write_all(head.as_bytes()).await.unwrap();
-                    let mut buf = [0u8; 64];
-                    while let Ok(n @ 1..) = tcp.read(&mut buf).await {
-                        tcp.get_mut().write_all(&buf[..n]).await.unwrap();
-                    }
-                    return;
-                }
-                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                tcp.get_mut().write_all(answer).await.unwrap();
-                told.notified().await;
-                tcp.into_inner().shutdown().await.unwrap();
-                let _ = events.send("closed");
-            });
-        }
-    });
+    let (upstream, close, mut received) = closing_keepalive_upstream().await;
     let pki = TestPki::new();
     let proxy = TestProxy::start(&pki, upstream, &[]).await;
     let mut client = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
