@@ -851,6 +851,10 @@ def parse_args(argv):
     if {"full", "resumed"} & set(args.figures) and not (
             args.tlsload_bin and os.access(args.tlsload_bin, os.X_OK)):
         ap.error(f"--tlsload-bin {args.tlsload_bin!r} is not an executable (run.sh builds it)")
+    # The peers run in their own work directories: a relative path would not be found there.
+    for attr in ("proxy_bin", "baseline_bin", "tlsload_bin"):
+        if getattr(args, attr):
+            setattr(args, attr, os.path.abspath(getattr(args, attr)))
     TOOLS["tlsload"] = args.tlsload_bin
     return args
 

@@ -180,6 +180,10 @@ def main(argv):
     ap.add_argument("--nice", type=int, default=-20 if os.geteuid() == 0 else 0)
     args, _ = ap.parse_known_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
+    # The proxy runs in its own work directory: a relative path would not be found there.
+    args.proxy_bin = os.path.abspath(args.proxy_bin)
+    if args.tlsload_bin:
+        args.tlsload_bin = os.path.abspath(args.tlsload_bin)
     bench.TOOLS["tlsload"] = args.tlsload_bin
     tool = args.tool or ("perf" if perf_works() else "callgrind")
     if args.nice:
