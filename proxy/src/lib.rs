@@ -13,9 +13,9 @@
 //! 3. [`cors::evaluate`] decides: answer now (preflight, refusal) or forward with CORS headers to add.
 //! 4. [`forward::forward`] strips hop-by-hop headers, sets `X-Forwarded-*`, `Forwarded` and `Via`,
 //!    and sends the request on a pooled upstream connection ([`upstream`]), streaming the body; the
-//!    request's own task drives that connection (no task per upstream connection); a stale pooled
-//!    connection is retried once for idempotent requests; an accepted upgrade hands the upstream's
-//!    side to the connection for its tunnel.
+//!    request's own task drives that connection (it gets a task of its own only once it carries a
+//!    request body or an upgrade); a stale pooled connection is retried once for idempotent
+//!    requests; an accepted upgrade hands the upstream's side to the connection for its tunnel.
 //! 5. The response streams back with hop-by-hop headers stripped, the CORS headers and HSTS added;
 //!    failures become 502/504 in [`error`]; one access-log line is written when the body ends.
 //!
