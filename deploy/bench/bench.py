@@ -340,13 +340,15 @@ def start_peer(name, args, procs, workdir, backend_port):
         env.update(GOMAXPROCS="1", XDG_DATA_HOME=f"{workdir}/caddy-data",
                    XDG_CONFIG_HOME=f"{workdir}/caddy-config")
         argv = pin + ["caddy", "run", "--config", f"{workdir}/Caddyfile", "--adapter", "caddyfile"]
-    elif name in ("proxy", "proxy-cors", "proxy-baseline"):
+    elif name in ("proxy", "proxy-cors", "proxy-baseline", "stack-floor"):
         cwd = f"{workdir}/{name}"  # an empty directory: no stray .env is picked up
         os.makedirs(cwd, exist_ok=True)
         # Access logs are off for every peer (nginx access_log off, no haproxy log, caddy's
         # default); for the proxy that means RUST_LOG=warn.
         env.update(RUST_LOG="warn")
-        binary = args.baseline_bin if name == "proxy-baseline" else args.proxy_bin
+        # profile.py's arguments have neither extra build.
+        binary = {"proxy-baseline": getattr(args, "baseline_bin", None),
+                  "stack-floor": getattr(args, "floor_bin", None)}.get(name, args.proxy_bin)
         argv = pin + [binary, "--listen", f"127.0.0.1:{port}",
                       "--upstream", f"http://127.0.0.1:{backend_port}",
                       "--tls-cert", f"{workdir}/cert.pem", "--tls-key", f"{workdir}/key.pem"]
@@ -676,6 +678,8 @@ def budget_lines(results):
     ratios, then the median and the spread over rounds."""
     if "nginx" not in results or "proxy" not in results:
         return []
+    # With --floor-bin: the user time of the stack alone (tokio-rustls + hyper, no proxy logic).
+    floor_runs = results.get("stack-floor")
     rows = []
     for fig, goal, label in THROUGHPUT_TARGETS:
         allowed, ceiling = [], []
@@ -695,8 +699,12 @@ def budget_lines(results):
         nginx_user = [n[fig]["user_us"] for n in results["nginx"]
                       if "user_us" in n.get(fig, {})]
         several = len(allowed) > 1  # a spread only where there is one, as in the table above
+        floor = ""
+        if floor_runs:
+            user = [f[fig]["user_us"] for f in floor_runs if "user_us" in f.get(fig, {})]
+            floor = f" {statistics.median(user):.1f} |" if user else " – |"
         rows.append(f"| {label} | {statistics.median(nginx_user):.1f} | "
-                    f"{statistics.median(now):.1f} | {statistics.median(allowed):.1f}"
+                    f"{statistics.median(now):.1f} |{floor} {statistics.median(allowed):.1f}"
                     + (f" [{min(allowed):.1f}–{max(allowed):.1f}]" if several else "")
                     + f" | ×{statistics.median(ceiling):.2f}"
                     + (f" [×{min(ceiling):.2f}–×{max(ceiling):.2f}]" if several else "") + " |")
@@ -707,9 +715,13 @@ def budget_lines(results):
             "allows the proxy (nginx user + kernel) / r − proxy kernel µs of user CPU per "
             "request; at zero user time it would reach (nginx user + kernel) / proxy kernel. "
             "Both computed per round, like the ratios: median [min–max]. The kernel part is the "
-            "loopback TCP path (system calls and segments above).", "",
-            "| Target | nginx user µs | proxy user µs | proxy user µs the target allows | "
-            "ceiling at zero user time |", "|---|---|---|---|---|"] + rows
+            "loopback TCP path (system calls and segments above)."
+            + (" stack-floor is the `stack_floor` example: tokio-rustls and hyper forwarding "
+               "with none of the proxy's own work." if floor_runs else ""), "",
+            "| Target | nginx user µs | proxy user µs | "
+            + ("stack-floor user µs | " if floor_runs else "")
+            + "proxy user µs the target allows | ceiling at zero user time |",
+            "|---|---|---|---|---|" + ("---|" if floor_runs else "")] + rows
 
 
 def render_report(meta, peers, table, errors, failures, notes, results):
@@ -823,6 +835,11 @@ def parse_args(argv):
     ap.add_argument("--baseline-bin", metavar="BIN",
                     help="another build of the proxy (say, the last commit's), run as peer "
                          "proxy-baseline in the same rounds: what a change buys, natively")
+    ap.add_argument("--floor-bin", metavar="BIN",
+                    help="the stack_floor example (`cargo build --release --example "
+                         "stack_floor`: tokio-rustls + hyper forwarding and nothing else), run "
+                         "as peer stack-floor in the same rounds: what the stack costs before "
+                         "any of the proxy's own work")
     ap.add_argument("--figures", default="h1,h2,sys,full,resumed,download,mem,mem2,cors",
                     help="comma-separated subset of workloads")
     ap.add_argument("--cors-micro", action="store_true",
@@ -848,11 +865,14 @@ def parse_args(argv):
     if args.baseline_bin and not ("proxy" in args.peers and os.access(args.baseline_bin, os.X_OK)):
         ap.error(f"--baseline-bin {args.baseline_bin!r}: needs the proxy among --peers and an "
                  "executable")
+    if args.floor_bin and not os.access(args.floor_bin, os.X_OK):
+        ap.error(f"--floor-bin {args.floor_bin!r} is not an executable (cargo build --release "
+                 "-p proxy --example stack_floor)")
     if {"full", "resumed"} & set(args.figures) and not (
             args.tlsload_bin and os.access(args.tlsload_bin, os.X_OK)):
         ap.error(f"--tlsload-bin {args.tlsload_bin!r} is not an executable (run.sh builds it)")
     # The peers run in their own work directories: a relative path would not be found there.
-    for attr in ("proxy_bin", "baseline_bin", "tlsload_bin"):
+    for attr in ("proxy_bin", "baseline_bin", "floor_bin", "tlsload_bin"):
         if getattr(args, attr):
             setattr(args, attr, os.path.abspath(getattr(args, attr)))
     TOOLS["tlsload"] = args.tlsload_bin
@@ -926,6 +946,8 @@ def main(argv):
     measured_peers = list(args.peers)
     if args.baseline_bin:
         measured_peers.insert(measured_peers.index("proxy") + 1, "proxy-baseline")
+    if args.floor_bin:
+        measured_peers.append("stack-floor")
     peers_run = list(measured_peers)
     if "proxy" in args.peers and "cors" in args.figures:
         peers_run.append("proxy-cors")
@@ -950,17 +972,20 @@ def main(argv):
             except (RuntimeError, OSError, subprocess.SubprocessError) as e:
                 failures.append(f"{name}: start-up: {e}")
 
+        # The stack floor stands for the request path only: its handshakes, memory and downloads
+        # are the same crates' as the proxy's.
+        terminators = [p for p in measured_peers if p != "stack-floor"]
         workloads = [
             ("h1", lambda p: measured(p, wrk, args.duration), measured_peers),
             ("h2", lambda p: measured(p, h2load, args.duration), measured_peers),
             # Short: it only counts, and an extra pass per peer and round adds up.
             ("sys", lambda p: syscalls(p, min(args.duration, SYSCALL_RUN_S)),
              [] if perf_missing else measured_peers),
-            ("full", lambda p: measured(p, connrate, args.duration, False), measured_peers),
-            ("resumed", lambda p: measured(p, connrate, args.duration, True), measured_peers),
-            ("download", lambda p: measured(p, download, args.duration), measured_peers),
-            ("mem", lambda p: memory(p, args.idle_conns), measured_peers),
-            ("mem2", lambda p: memory(p, args.idle_conns, proto="h2"), measured_peers),
+            ("full", lambda p: measured(p, connrate, args.duration, False), terminators),
+            ("resumed", lambda p: measured(p, connrate, args.duration, True), terminators),
+            ("download", lambda p: measured(p, download, args.duration), terminators),
+            ("mem", lambda p: memory(p, args.idle_conns), terminators),
+            ("mem2", lambda p: memory(p, args.idle_conns, proto="h2"), terminators),
             ("cors", lambda p: measured(p, wrk, args.duration, [f"Origin: {ALLOWED_ORIGIN}"]),
              # The CORS-less proxy refuses cross-origin requests (same-origin only by default), so
              # its baseline is the plain HTTP/1.1 figure; see the "CORS cost" note.

@@ -9,8 +9,10 @@
 #
 # Own options: --skip-install (use the tools already on PATH), --no-build (use an already built
 # proxy). BENCH_PROXY_BIN=path benchmarks that proxy binary (e.g. deploy/bin/proxy, already built by
-# deploy/build.sh) instead of building one; tlsload is still built. Everything else goes to bench.py (see `deploy/bench/bench.py --help`: --rounds,
-# --duration, --peers, --figures, --idle-conns, --nice, --out, --proxy-bin).
+# deploy/build.sh) instead of building one; tlsload and the stack_floor example (the `stack-floor`
+# peer: tokio-rustls + hyper with none of the proxy's work) are still built. Everything else goes
+# to bench.py (see `deploy/bench/bench.py --help`: --rounds, --duration, --peers, --figures,
+# --idle-conns, --nice, --out, --proxy-bin, --baseline-bin).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,7 +26,7 @@ for a in "$@"; do
         --no-build) build=0 ;;
         --profile) profile=1 ;;
         -h | --help)
-            sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) args+=("$a") ;;
@@ -62,6 +64,10 @@ if [[ $build == 1 ]]; then
     fi
     echo "run.sh: building tlsload (release) in $target" >&2
     (cd "$here/tlsload" && CARGO_TARGET_DIR="$target" cargo build --release --locked -j2)
+    # tokio-rustls + hyper forwarding and nothing else, run beside the proxy (`stack-floor`).
+    echo "run.sh: building the stack_floor example (release) in $target" >&2
+    (cd "$repo" && CARGO_TARGET_DIR="$target" cargo build --release --locked -p proxy \
+        --example stack_floor -j2)
 fi
 
 workdir="$(mktemp -d /tmp/proxy-bench.XXXXXX)"
@@ -88,6 +94,12 @@ script="$here/bench.py"
 # The full run also times the CORS decision itself (cargo bench); --quick skips the compile.
 if [[ $profile == 0 && " ${args[*]-} " != *" --quick "* ]]; then
     args+=(--cors-micro)
+fi
+floor_bin="$target/release/examples/stack_floor"
+if [[ $profile == 0 && -x $floor_bin ]]; then
+    args+=(--floor-bin "$floor_bin")
+elif [[ $profile == 0 ]]; then
+    echo "run.sh: no $floor_bin (built unless --no-build): the stack-floor peer is left out" >&2
 fi
 export CARGO_TARGET_DIR="$target" # for the micro-benchmark's cargo bench
 # setsid: its own session, hence its own scheduler autogroup, whose priority bench.py raises
