@@ -448,14 +448,14 @@ pub enum ResponseTimer {
     /// At once (the request's task may not be polled again until the upstream answers).
     Armed,
     /// Only if the exchange is still pending once the request has been written (the third poll:
-    /// see [`driving`] for the poll that only yields). For callers whose task is polled again
+    /// see `driving` for the poll that only yields). For callers whose task is polled again
     /// within a bounded time while the request is in flight (an HTTP/1.1 connection's timer
     /// ticks every quarter second then): most upstreams answer first, and a timer never armed
     /// costs nothing, where arming and cancelling one costs ≈ 700 instructions, 1.7 % of a
     /// proxied request. The deadline is the same either way.
     ///
     /// The same callers batch their upstream writes: the request goes out at the task's next
-    /// poll, not at once (see [`driving`]).
+    /// poll, not at once (see `driving`).
     Deferred,
 }
 

@@ -21,6 +21,9 @@ pub enum CorsCommand {
 }
 
 /// Arguments of `proxy cors explain`.
+// The fields' doc comments are the `--help` text, written for a terminal: a bare URL and a
+// `host[:port]` are meant as they read there, not as rustdoc links.
+#[allow(rustdoc::bare_urls, rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, clap::Args)]
 pub struct ExplainArgs {
     /// The origin of the page making the request, e.g. https://app.example.com
