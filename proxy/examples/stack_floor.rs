@@ -124,8 +124,13 @@ async fn serve(
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(accepted) => accepted,
-            // Out of descriptors and the like: the listener itself is fine.
-            Err(_) => continue,
+            // Out of descriptors and the like: the listener itself is fine, but accepting again
+            // at once would fail again at once.
+            Err(e) => {
+                eprintln!("stack_floor: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let (acceptor, h1, h2) = (acceptor.clone(), h1.clone(), h2.clone());
