@@ -48,50 +48,34 @@ type Pool = Arc<Mutex<Vec<SendRequest<Incoming>>>>;
 /// The upstream's body, or none for the one error this forwarder answers itself.
 type Body = Either<Incoming, Empty<Bytes>>;
 
+/// The flags the bench gives `proxy`, and nothing more.
+#[derive(clap::Parser)]
+#[command(about = "The plainest tokio-rustls + hyper forwarder (the benchmark's stack floor)")]
 struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:8443
+    #[arg(long)]
     listen: SocketAddr,
+    /// The upstream as http://IP:PORT (names are not resolved)
+    #[arg(long, value_parser = parse_upstream)]
     upstream: SocketAddr,
-    cert: PathBuf,
-    key: PathBuf,
+    /// Certificate chain (PEM)
+    #[arg(long)]
+    tls_cert: PathBuf,
+    /// Private key (PEM)
+    #[arg(long)]
+    tls_key: PathBuf,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let (mut listen, mut upstream, mut cert, mut key) = (None, None, None, None);
-    let mut argv = std::env::args().skip(1);
-    while let Some(flag) = argv.next() {
-        let value = argv.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--listen" => listen = Some(value.parse().map_err(|e| format!("--listen: {e}"))?),
-            "--upstream" => {
-                let addr = value.strip_prefix("http://").unwrap_or(&value);
-                let addr = addr.trim_end_matches('/');
-                upstream = Some(addr.parse().map_err(|e| {
-                    format!("--upstream {value}: {e} (give http://IP:PORT; names are not resolved)")
-                })?);
-            }
-            "--tls-cert" => cert = Some(PathBuf::from(value)),
-            "--tls-key" => key = Some(PathBuf::from(value)),
-            other => return Err(format!("unknown flag {other}")),
-        }
-    }
-    let missing = |name: &str| format!("{name} is required");
-    Ok(Args {
-        listen: listen.ok_or_else(|| missing("--listen"))?,
-        upstream: upstream.ok_or_else(|| missing("--upstream"))?,
-        cert: cert.ok_or_else(|| missing("--tls-cert"))?,
-        key: key.ok_or_else(|| missing("--tls-key"))?,
-    })
+fn parse_upstream(value: &str) -> Result<SocketAddr, String> {
+    let addr = value.strip_prefix("http://").unwrap_or(value);
+    addr.trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("{e} (give http://IP:PORT; names are not resolved)"))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("stack_floor: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let store = match tls::CertStore::load(&args.cert, &args.key) {
+    let args = <Args as clap::Parser>::parse();
+    let store = match tls::CertStore::load(&args.tls_cert, &args.tls_key) {
         Ok(store) => store,
         Err(e) => {
             eprintln!("stack_floor: {e}");

@@ -520,7 +520,8 @@ pub async fn forward(
         match body_sent {
             None => {
                 if timer == ResponseTimer::Deferred {
-                    // The exchange's first poll only yields when it batches, its next writes.
+                    // A batching exchange's first poll only yields and its second writes; the
+                    // timer is armed at the poll after the write, as without batching.
                     SkipPolls(if batch { 2 } else { 1 }).await;
                 }
                 tokio::time::sleep_until(deadline).await;

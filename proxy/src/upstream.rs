@@ -263,8 +263,9 @@ impl Pool {
                 return None;
             }
             // Nobody polls a pooled connection without a task of its own, so this is what it was
-            // when returned (a close seen then ended it); a detached one's task keeps it current. A close that arrived since is read by the request's first poll,
-            // which hands the request back unsent for a new connection (`forward::exchange`).
+            // when returned (a close seen then ended it); a detached one's task keeps it current.
+            // A close that arrived since is read by the request's first poll, which hands the
+            // request back unsent for a new connection (`forward::exchange`).
             // Another authority is a pre-reload upstream.
             if idle.conn.is_idle() && same_authority(&idle.authority, authority) {
                 return Some(idle.conn);
