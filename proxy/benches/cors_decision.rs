@@ -74,6 +74,7 @@ fn time(name: &str, policy: &Policy, method: &Method, headers: &HeaderMap) {
         headers,
         path: "/admin/me",
         authority: Some("localhost:8443"),
+        wants_json: false,
     };
     let kind = match policy.check(&req) {
         Verdict::Respond(r) => format!("respond {}", r.status().as_u16()),
@@ -92,6 +93,7 @@ fn time_apply(policy: &Policy) {
         headers: &h,
         path: "/admin/me",
         authority: Some("localhost:8443"),
+        wants_json: false,
     };
     let Verdict::Forward(cors) = policy.check(&req) else {
         panic!("benchmark request should be forwarded");

@@ -1,9 +1,8 @@
 //! The process's memory allocator: mimalloc in place of the C library's.
 //!
 //! A proxied request allocates and frees dozens of small blocks and a few of 3 to 8 KB (hyper's
-//! read buffers, the request's future), which glibc serves from its slow path: mimalloc took
-//! 3.6 % of the instructions off an HTTP/1.1 request and 7.4 % off an HTTP/2 one (callgrind,
-//! "Benchmarks" in README.md).
+//! read buffers, the request's future), which glibc serves from its slow path (what it buys:
+//! docs/performance.md).
 //!
 //! Built without transparent huge pages (`no_thp`): with them, the first touch of each of the
 //! allocator's regions brought in 2 MB, and the idle process used 20 MB instead of 9.

@@ -1,5 +1,7 @@
 //! Errors and the one place they map to HTTP statuses (requests) and exit codes (start-up).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -7,7 +9,7 @@ use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
-use crate::config::ConfigError;
+use crate::cors::CorsConfigError;
 
 /// Exit code for configuration and start-up errors (`EX_USAGE` in sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
@@ -20,7 +22,7 @@ pub enum ProxyError {
     Unreachable {
         upstream: String,
         #[source]
-        source: crate::upstream::ConnectError,
+        source: ConnectError,
     },
     /// The connection failed after the request was sent (reset, closed before a response).
     #[error("upstream {upstream} failed: {source}")]
@@ -84,6 +86,72 @@ impl ProxyError {
     }
 }
 
+/// An invalid setting or unreadable configuration source (exit code 64).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// clap rejected the command line (also `--help`/`--version`, which are not failures).
+    #[error("{0}")]
+    Cli(#[from] clap::Error),
+    #[error("env file {path}: not found (remove --env-file/PROXY_ENV_FILE or create the file)")]
+    EnvFileMissing { path: PathBuf },
+    #[error("env file {path}: {source}")]
+    EnvFile {
+        path: PathBuf,
+        #[source]
+        source: dotenvy::Error,
+    },
+    #[error("{setting}={value:?}: {problem}")]
+    Invalid {
+        setting: &'static str,
+        value: String,
+        problem: String,
+    },
+    #[error(transparent)]
+    Cors(#[from] CorsConfigError),
+}
+
+/// Why no connection to the upstream could be made.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The host name did not resolve.
+    Resolve(std::io::Error),
+    /// The name resolved to no address.
+    NoAddress,
+    /// Every address refused or failed.
+    Connect(SocketAddr, std::io::Error),
+    /// Resolving and connecting took longer than `PROXY_UPSTREAM_CONNECT_TIMEOUT`.
+    Timeout(Duration),
+    /// The HTTP/1.1 connection could not be set up.
+    Handshake(hyper::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Resolve(e) => write!(f, "name resolution failed: {e}"),
+            ConnectError::NoAddress => f.write_str("the name resolved to no address"),
+            ConnectError::Connect(addr, e) => write!(f, "connecting to {addr} failed: {e}"),
+            ConnectError::Timeout(timeout) => {
+                write!(
+                    f,
+                    "no connection within {timeout:?} (PROXY_UPSTREAM_CONNECT_TIMEOUT)"
+                )
+            }
+            ConnectError::Handshake(e) => write!(f, "HTTP/1.1 connection set-up failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Resolve(e) | ConnectError::Connect(_, e) => Some(e),
+            ConnectError::Handshake(e) => Some(e),
+            ConnectError::NoAddress | ConnectError::Timeout(_) => None,
+        }
+    }
+}
+
 /// Why a reload was refused (the old configuration keeps serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -103,7 +171,7 @@ pub enum StartError {
     #[error("cannot listen on {addr} ({setting}): {source}")]
     Bind {
         setting: &'static str,
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },

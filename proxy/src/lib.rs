@@ -1,35 +1,144 @@
 //! TLS-terminating reverse-proxy sidecar with a CORS policy engine.
 //!
-//! A request's way through the modules:
+//! # A request's way through the modules
 //! 1. [`server::run`] accepts a TCP connection (waiting for a slot under `PROXY_MAX_CONNECTIONS`),
-//!    sets TCP_NODELAY and completes the TLS handshake within the handshake timeout, with the
-//!    certificate [`tls::CertStore`] holds at that moment (ALPN `h2` or `http/1.1`).
-//! 2. ALPN picks the protocol: HTTP/2 is served by hyper's HTTP/2 connection; HTTP/1.1 (also
-//!    without ALPN) by `http1`, which parks an idle keep-alive connection without its buffers,
-//!    keeps the header-read and idle deadlines on one timer per connection (not one per request),
-//!    and runs an upgraded connection's tunnel. Each request goes to the server's handler, which
-//!    reads the live configuration (upstream + CORS policy, swapped atomically on reload) without
-//!    a lock.
-//! 3. [`cors::evaluate`] decides: answer now (preflight, refusal) or forward with CORS headers to add.
-//! 4. [`forward::forward`] strips hop-by-hop headers, sets `X-Forwarded-*`, `Forwarded` and `Via`,
-//!    and sends the request on a pooled upstream connection ([`upstream`]), streaming the body; the
-//!    request's own task drives that connection (it gets a task of its own only once it carries a
-//!    request body or an upgrade); a stale pooled connection is retried once for idempotent
-//!    requests; an accepted upgrade hands the upstream's side to the connection for its tunnel.
+//!    completes the TLS handshake within the handshake timeout with the certificate the
+//!    [`tls::CertStore`] holds at that moment, and serves the protocol ALPN agreed on: HTTP/2 with
+//!    hyper's connection, HTTP/1.1 (also without ALPN) with hyper's connection parked while idle.
+//!    One client connection's deadlines (header read, idle) are kept on one timer per connection.
+//! 2. Each request goes to the server's handler, which reads the reloadable settings (upstream and
+//!    CORS policy, swapped atomically on reload, [`server::state`]) without a lock.
+//! 3. [`cors::evaluate`] decides, with no I/O: answer now (preflight, refusal) or forward with
+//!    CORS headers to add to the response.
+//! 4. [`forward::forward`] prepares the head for the upstream ([`forward::headers`]: hop-by-hop
+//!    fields stripped, `X-Forwarded-*`, `Forwarded`, `Via` set) and sends it on a pooled upstream
+//!    connection ([`upstream`]), streaming the body, within the upstream response timeout; a stale
+//!    pooled connection is retried once for idempotent requests; an accepted upgrade becomes a
+//!    tunnel ([`forward::tunnel`]).
 //! 5. The response streams back with hop-by-hop headers stripped, the CORS headers and HSTS added;
-//!    failures become 502/504 in [`error`]; one access-log line is written when the body ends.
+//!    failures become 502/504 in [`error`], the one place errors map to statuses; one access-log
+//!    line is written when the body ends.
 //!
-//! [`config`] turns flags, environment and `.env` into validated settings; [`signal`] turns
-//! SIGTERM/SIGINT into a graceful drain and SIGHUP into [`server::Proxy::reload`].
+//! # Around the request path
+//! [`cli`] reads flags, environment and `.env`; [`config`] validates them into settings;
+//! [`build`] assembles a proxy from them (used by the binary and by the tests); [`signal`] turns
+//! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
+//! subcommands (`proxy cert`, `proxy healthcheck`).
+//!
+//! # Conventions
+//! No `unwrap` or `expect` is reachable from a request. A poisoned lock is used as it is
+//! (`PoisonError::into_inner`): every critical section leaves its data consistent at each step,
+//! so a panic in another request cannot make it unusable, and one panicking request must not
+//! take the others down.
 
+pub mod cli;
+pub mod cmd;
 pub mod config;
 pub mod cors;
-pub mod devcert;
 pub mod error;
 pub mod forward;
-pub mod healthcheck;
-mod http1;
 pub mod server;
 pub mod signal;
 pub mod tls;
 pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::cli::Cli;
+use crate::config::Settings;
+use crate::error::StartError;
+use crate::server::Proxy;
+use crate::tls::CertStore;
+
+/// A proxy assembled from its command line, ready to serve.
+pub struct Assembled {
+    /// The state every connection shares; [`Proxy::reload`] swaps its reloadable settings.
+    pub proxy: Arc<Proxy>,
+    /// The certificate and key in use, reloaded on SIGHUP and when the files change.
+    pub certs: Arc<CertStore>,
+    /// CORS settings that are valid but probably not what was meant, to be logged.
+    pub warnings: Vec<String>,
+}
+
+/// Assembles the proxy: validates the settings, builds the CORS policy, loads the certificate
+/// pair. Binds nothing and starts nothing, so a configuration error stops start-up before any
+/// port is bound.
+pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
+    let (settings, warnings) = Settings::from_args(&cli.proxy, &cli.cors)?;
+    let certs = CertStore::load(&settings.fixed.tls_cert, &settings.fixed.tls_key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let reload_certs = certs.clone();
+    let proxy = Proxy::new(settings, tls::server_config(certs.clone())).with_cert_reloader(
+        Box::new(move || {
+            reload_certs
+                .reload_logged("reload")
+                .map(|_| ())
+                .map_err(Into::into)
+        }),
+    );
+    Ok(Assembled {
+        proxy: Arc::new(proxy),
+        certs,
+        warnings,
+    })
+}
+
+impl Assembled {
+    /// Serves HTTPS on `listener` (and redirects plain HTTP on `redirect`, if given) until
+    /// `shutdown` resolves, then drains. Logs the configuration and the certificate first, and
+    /// watches the certificate files while serving.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        redirect: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Assembled {
+            proxy,
+            certs,
+            warnings,
+        } = self;
+        for warning in warnings {
+            warn!(%warning, "CORS configuration");
+        }
+        let fixed = proxy.fixed().clone();
+        let reloadable = proxy.reloadable();
+        info!(
+            upstream = %reloadable.upstream,
+            timeouts = ?fixed.timeouts,
+            limits = ?fixed.limits,
+            trusted_proxies = ?fixed.trusted_proxies,
+            cors = %reloadable.cors,
+            hsts = fixed.hsts.is_some(),
+            "configuration"
+        );
+        certs.info().log("startup");
+        certs.clone().watch(fixed.timeouts.cert_watch_interval);
+
+        let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(redirect) = redirect {
+            // The public HTTPS port if set, else the bound one (which differs from the setting
+            // when that asks for port 0).
+            let port = fixed.redirect_https_port.unwrap_or_else(|| {
+                listener
+                    .local_addr()
+                    .map_or(fixed.listen.port(), |a| a.port())
+            });
+            tokio::spawn(server::serve_redirect(
+                redirect,
+                port,
+                fixed.timeouts.header_read,
+                async move {
+                    let _ = redirect_stopped.await;
+                },
+            ));
+        }
+        let result = server::run(listener, proxy, shutdown).await;
+        let _ = stop_redirect.send(());
+        result
+    }
+}

@@ -1,16 +1,14 @@
-//! The `proxy` binary: parses the configuration, starts logging, binds the listeners and hands
-//! them to the library; helper subcommands (`cert`, `healthcheck`) are dispatched here. The
-//! process's allocator (mimalloc, see `allocator`) is chosen here too.
+//! The `proxy` binary: parses the command line, runs a helper subcommand or starts logging, binds
+//! the listeners and serves with the library's [`proxy::build`]. The process's allocator
+//! (mimalloc, see `allocator`) is chosen here too.
 
 use std::ffi::OsString;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use proxy::config::{self, Cli, Command, ConfigError, LogFormat, Settings};
-use proxy::error::{StartError, EXIT_CONFIG};
-use proxy::server::{self, Proxy};
-use proxy::{cors, devcert, healthcheck, signal, tls};
-use tracing::{info, warn};
+use proxy::cli::{self, Cli, Command};
+use proxy::config::LogFormat;
+use proxy::error::{ConfigError, StartError, EXIT_CONFIG};
+use proxy::{cmd, cors, signal};
 use tracing_subscriber::EnvFilter;
 
 mod allocator;
@@ -20,7 +18,7 @@ static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let cli = match config::parse(&argv, &signal::process_env()) {
+    let cli = match cli::parse(&argv, &signal::process_env()) {
         Ok(cli) => cli,
         Err(ConfigError::Cli(e)) if !e.use_stderr() => {
             // --help and --version
@@ -33,27 +31,39 @@ fn main() -> ExitCode {
         }
     };
     match &cli.command {
-        Some(Command::Cert(args)) => {
-            return match devcert::run(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("proxy cert: {e}");
-                    ExitCode::from(EXIT_CONFIG)
-                }
-            };
-        }
-        Some(Command::Healthcheck(args)) => {
+        Some(command) => run_command(command, &cli),
+        None => match serve(&cli, argv) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("proxy: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+    }
+}
+
+/// Runs a helper subcommand to its end.
+fn run_command(command: &Command, cli: &Cli) -> ExitCode {
+    match command {
+        Command::Cert(args) => match cmd::devcert::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("proxy cert: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Healthcheck(args) => {
             // The check follows the proxy's own listen address, wherever it was set (flag,
             // environment or `.env`), unless --addr names another.
             let mut args = args.clone();
             args.listen.get_or_insert_with(|| cli.proxy.listen.clone());
-            return healthcheck::run_and_report(&args);
+            cmd::healthcheck::run_and_report(&args)
         }
-        Some(Command::Cors {
-            command: cors::explain::CorsCommand::Explain(args),
-        }) => {
+        Command::Cors {
+            command: cors::CorsCommand::Explain(args),
+        } => {
             // The effective policy: the same flags, environment and `.env` as the proxy's.
-            return match cors::Policy::from_args(&cli.cors) {
+            match cors::Policy::from_args(&cli.cors) {
                 Ok((policy, warnings)) => {
                     for warning in warnings {
                         eprintln!("warning: {warning}");
@@ -65,37 +75,43 @@ fn main() -> ExitCode {
                     eprintln!("proxy: {e}");
                     ExitCode::from(EXIT_CONFIG)
                 }
-            };
-        }
-        None => {}
-    }
-    match start(cli, argv) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("proxy: {e}");
-            ExitCode::from(e.exit_code())
+            }
         }
     }
 }
 
-fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
-    let settings = Settings::from_args(&cli.proxy)?;
-    // Held until `start` returns: dropping it flushes every queued log line (the shutdown
+/// Assembles the proxy, binds its listeners and serves until SIGTERM/SIGINT.
+fn serve(cli: &Cli, argv: Vec<OsString>) -> Result<(), StartError> {
+    let assembled = proxy::build(cli)?;
+    // Held until `serve` returns: dropping it flushes every queued log line (the shutdown
     // summary included) before the process exits.
-    let _log_guard = init_tracing(settings.log_format);
-    let (policy, warnings) = cors::Policy::from_args(&cli.cors).map_err(ConfigError::from)?;
-    for warning in warnings {
-        warn!(%warning, "CORS configuration");
-    }
-    let store = tls::CertStore::load(&settings.tls_cert, &settings.tls_key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
-    store.info().log("startup");
+    let _log_guard = init_tracing(assembled.proxy.fixed().log_format);
+    let runtime = runtime().map_err(StartError::Runtime)?;
+    runtime.block_on(async move {
+        // Signal handlers first: from here on no signal gets its default action (SIGHUP's would
+        // kill the process; as PID 1, SIGTERM's would be ignored).
+        let shutdown = signal::shutdown().map_err(StartError::Runtime)?;
+        let hangups = signal::hangups().map_err(StartError::Runtime)?;
+        let fixed = assembled.proxy.fixed();
+        let listener = bind("PROXY_LISTEN", fixed.listen).await?;
+        let redirect = match fixed.redirect_http {
+            Some(addr) => Some(bind("PROXY_REDIRECT_HTTP", addr).await?),
+            None => None,
+        };
+        signal::reload_on_sighup(hangups, assembled.proxy.clone(), argv);
+        assembled
+            .serve(listener, redirect, shutdown)
+            .await
+            .map_err(StartError::Runtime)
+    })
+}
 
-    // One worker per CPU this process may use (`available_parallelism` respects taskset/cgroups).
-    // With one CPU, the current-thread scheduler does the same work without the multi-thread
-    // one's cross-thread wake-ups, atomics and idle worker parking (measured: "Benchmarks" in README.md).
+/// One worker per CPU this process may use (`available_parallelism` respects taskset/cgroups).
+/// With one CPU, the current-thread scheduler does the same work without the multi-thread one's
+/// cross-thread wake-ups, atomics and idle worker parking.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let runtime = if workers == 1 {
+    if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -105,61 +121,6 @@ fn start(cli: Cli, argv: Vec<OsString>) -> Result<(), StartError> {
             .enable_all()
             .build()
     }
-    .map_err(StartError::Runtime)?;
-    runtime.block_on(async move {
-        // Signal handlers first: from here on no signal gets its default action (SIGHUP's would
-        // kill the process; as PID 1, SIGTERM's would be ignored).
-        let shutdown = signal::shutdown().map_err(StartError::Runtime)?;
-        let hangups = signal::hangups().map_err(StartError::Runtime)?;
-        let listener = bind("PROXY_LISTEN", settings.listen).await?;
-        let redirect = match settings.redirect_http {
-            Some(addr) => Some(bind("PROXY_REDIRECT_HTTP", addr).await?),
-            None => None,
-        };
-        info!(
-            upstream = %settings.upstream,
-            timeouts = ?settings.timeouts,
-            limits = ?settings.limits,
-            trusted_proxies = ?settings.trusted_proxies,
-            cors = %policy,
-            hsts = settings.hsts.is_some(),
-            "configuration"
-        );
-        store.clone().watch(settings.timeouts.cert_watch_interval);
-        let reload_store = store.clone();
-        let proxy = Proxy::new(settings.clone(), policy, tls::server_config(store))
-            .with_cert_reloader(Box::new(move || {
-                reload_store
-                    .reload_logged("SIGHUP")
-                    .map(|_| ())
-                    .map_err(Into::into)
-            }));
-        let proxy = Arc::new(proxy);
-        signal::reload_on_sighup(hangups, proxy.clone(), argv);
-
-        let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
-        if let Some(redirect) = redirect {
-            // The public HTTPS port if set, else the bound one (which differs from the setting
-            // when that asks for port 0).
-            let port = settings.redirect_https_port.unwrap_or_else(|| {
-                listener
-                    .local_addr()
-                    .map_or(settings.listen.port(), |a| a.port())
-            });
-            let timeout = settings.timeouts.header_read;
-            tokio::spawn(server::serve_redirect(
-                redirect,
-                port,
-                timeout,
-                async move {
-                    let _ = redirect_stopped.await;
-                },
-            ));
-        }
-        let result = server::run(listener, proxy, shutdown).await;
-        let _ = stop_redirect.send(());
-        result.map_err(StartError::Runtime)
-    })
 }
 
 async fn bind(

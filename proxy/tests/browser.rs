@@ -34,10 +34,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy::config::{self, Settings};
-use proxy::cors::Policy;
-use proxy::server::{self, Proxy};
-use proxy::{devcert, tls};
+use proxy::cmd::devcert;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -426,17 +423,14 @@ impl Stack {
             env_file.into(),
         ];
         // No process environment: the test must not depend on the developer's shell.
-        let cli = config::parse(&argv, &HashMap::new()).expect("proxy configuration");
-        let settings = Settings::from_args(&cli.proxy).expect("proxy settings");
-        let (policy, _warnings) = Policy::from_args(&cli.cors).expect("CORS policy");
-        let store = tls::CertStore::load(&settings.tls_cert, &settings.tls_key)
-            .expect("load the dev certificate");
-        let proxy = Arc::new(Proxy::new(settings, policy, tls::server_config(store)));
+        let cli = proxy::cli::parse(&argv, &HashMap::new()).expect("proxy configuration");
+        let assembled = proxy::build(&cli).expect("proxy assembles");
         let proxy_listener = bind().await;
         let proxy_addr = proxy_listener.local_addr().expect("proxy address");
         let shutdown = stopper(&mut stop);
         tokio::spawn(async move {
-            server::run(proxy_listener, proxy, shutdown)
+            assembled
+                .serve(proxy_listener, None, shutdown)
                 .await
                 .expect("proxy");
         });

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use proxy::devcert::{self, CertArgs, DevCertError};
-use proxy::healthcheck::{self, HealthError, HealthcheckArgs};
+use proxy::cli::{CertArgs, HealthcheckArgs};
+use proxy::cmd::devcert::{self, DevCertError};
+use proxy::cmd::healthcheck::{self, HealthError};
 use proxy::tls::{self, CertStore, TlsError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;

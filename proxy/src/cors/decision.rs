@@ -275,7 +275,7 @@ impl Policy {
     }
 
     /// Turns a judgement into what the proxy does, by `CORS_MODE`.
-    pub(crate) fn verdict(&self, assessment: Assessment, request: &HeaderMap) -> Verdict {
+    pub(crate) fn verdict(&self, assessment: Assessment, wants_json: bool) -> Verdict {
         if self.mode == CorsMode::Shadow {
             return Verdict::Forward(ResponseCors::untouched());
         }
@@ -298,7 +298,7 @@ impl Policy {
                 refusal: Refusal::OriginNotAllowed { .. },
             } if self.mode == CorsMode::Browser => Verdict::Forward(ResponseCors::vary_origin()),
             Assessment::Denied { preflight, refusal } => {
-                Verdict::Respond(refusal_response(&refusal, preflight, request))
+                Verdict::Respond(refusal_response(&refusal, preflight, wants_json))
             }
         }
     }
@@ -356,9 +356,9 @@ fn preflight_response(mut headers: HeaderMap) -> http::Response<Bytes> {
 pub(crate) fn refusal_response(
     refusal: &Refusal,
     preflight: bool,
-    request: &HeaderMap,
+    wants_json: bool,
 ) -> http::Response<Bytes> {
-    let (content_type, body) = if crate::error::wants_json(request) {
+    let (content_type, body) = if wants_json {
         let body = serde_json::json!({
             "error": "cors_refused",
             "part": refusal.part(),

@@ -195,6 +195,7 @@ fn explain(args: &ExplainArgs, policy: &Policy, out: &mut String) -> std::fmt::R
             headers: &pre,
             path: &args.path,
             authority: args.host.as_deref(),
+            wants_json: false,
         };
         let assessment = policy.assess(&req);
         let refused = describe(out, policy, &assessment, policy.check(&req))?;
@@ -222,6 +223,7 @@ fn explain(args: &ExplainArgs, policy: &Policy, out: &mut String) -> std::fmt::R
         headers: &actual,
         path: &args.path,
         authority: args.host.as_deref(),
+        wants_json: false,
     };
     let assessment = policy.assess(&req);
     match describe(out, policy, &assessment, policy.check(&req))? {

@@ -47,6 +47,9 @@ pub struct RequestInfo<'a> {
     /// The authority the client addressed (HTTP/2 `:authority` or HTTP/1.1 `Host`), used to
     /// recognise same-origin requests (`https://<authority>`).
     pub authority: Option<&'a str>,
+    /// The client asked for JSON answers (`Accept` or the original app's `x-expected-format`):
+    /// a refusal's body is JSON then.
+    pub wants_json: bool,
 }
 
 /// What the proxy must do with a request.
@@ -166,7 +169,7 @@ impl Policy {
 
     /// Decides what to do with a request (pure: no logging, no counters).
     pub fn check(&self, req: &RequestInfo<'_>) -> Verdict {
-        self.verdict(self.assess(req), req.headers)
+        self.verdict(self.assess(req), req.wants_json)
     }
 
     /// The configured `CORS_MODE`.
@@ -207,5 +210,5 @@ impl fmt::Display for Policy {
 pub fn evaluate(policy: &Policy, req: &RequestInfo<'_>) -> Verdict {
     let assessment = policy.assess(req);
     refusal_log::record(policy, req, &assessment);
-    policy.verdict(assessment, req.headers)
+    policy.verdict(assessment, req.wants_json)
 }

@@ -97,6 +97,8 @@ struct Case {
     request: &'static [(&'static str, &'static str)],
     /// The authority the client addressed.
     authority: Option<&'static str>,
+    /// The client asked for JSON answers.
+    wants_json: bool,
     /// Headers the app's response carries (only for forwarded requests).
     app: &'static [(&'static str, &'static str)],
     outcome: Outcome,
@@ -114,6 +116,7 @@ const C: Case = Case {
     method: "GET",
     request: &[],
     authority: Some("localhost:8443"),
+    wants_json: false,
     app: &[],
     outcome: Outcome::Forward,
     has: &[],
@@ -712,6 +715,7 @@ fn cases() -> Vec<Case> {
                 ("origin", "https://evil.test"),
                 ("x-expected-format", "application/json"),
             ],
+            wants_json: true,
             outcome: Outcome::Respond(403),
             has: &[("content-type", "application/json")],
             body: Some(r#""part":"origin""#),
@@ -853,6 +857,7 @@ fn run_case(case: &Case) {
         headers: &headers,
         path: "/test",
         authority: case.authority,
+        wants_json: case.wants_json,
     };
     match (p.check(&req), &case.outcome) {
         (Verdict::Respond(resp), Outcome::Respond(status)) => {
@@ -907,6 +912,7 @@ fn evaluate_agrees_with_check() {
             headers: &headers,
             path: "/test",
             authority: case.authority,
+            wants_json: case.wants_json,
         };
         let a = super::evaluate(&p, &req);
         let b = p.check(&req);
@@ -1124,6 +1130,7 @@ fn default_policy_allows_only_same_origin() {
         headers: &h,
         path: "/",
         authority: Some("localhost:8443"),
+        wants_json: false,
     };
     assert!(matches!(p.check(&req), Verdict::Respond(r) if r.status() == 403));
     assert_eq!(

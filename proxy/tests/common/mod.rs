@@ -22,8 +22,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy::config::{self, Settings};
-use proxy::server::{self, Proxy};
+use proxy::server::Proxy;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -153,22 +152,14 @@ impl TestProxy {
     /// Starts a proxy in front of `upstream`; `extra` are further flags.
     pub async fn start(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> TestProxy {
         let argv = proxy_argv(pki, upstream, extra);
-        let cli = config::parse(&argv, &HashMap::new()).expect("test configuration parses");
-        let settings = Settings::from_args(&cli.proxy).expect("test settings are valid");
-        let (policy, _) = proxy::cors::Policy::from_args(&cli.cors).expect("CORS policy");
-        let store = proxy::tls::CertStore::load(&settings.tls_cert, &settings.tls_key)
-            .expect("test pair loads");
-        let reload_store = store.clone();
-        let proxy = Arc::new(
-            Proxy::new(settings, policy, proxy::tls::server_config(store.clone()))
-                .with_cert_reloader(Box::new(move || {
-                    reload_store.reload().map(|_| ()).map_err(Into::into)
-                })),
-        );
+        let cli = proxy::cli::parse(&argv, &HashMap::new()).expect("test configuration parses");
+        let assembled = proxy::build(&cli).expect("test proxy assembles");
+        let proxy = assembled.proxy.clone();
+        let store = assembled.certs.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::run(listener, proxy.clone(), async move {
+        let task = tokio::spawn(assembled.serve(listener, None, async move {
             let _ = stopped.await;
         }));
         TestProxy {

@@ -14,10 +14,9 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 
+use crate::cli::CertArgs;
 use crate::tls::{civil_from_days, rfc3339, spki_sha256_base64};
 
-/// Where `proxy cert` writes by default: the proxy's default `--tls-cert`/`--tls-key` directory.
-pub const DEFAULT_OUT_DIR: &str = "cert";
 /// File name of the certificate inside the output directory.
 pub const CERT_FILE: &str = "cert.pem";
 /// File name of the private key inside the output directory.
@@ -27,24 +26,6 @@ pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
 /// Validity of a development certificate. Apple platforms reject server certificates valid for
 /// more than 825 days, and a year keeps the proxy's 14-day expiry warning meaningful.
 pub const VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
-/// Arguments of `proxy cert`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct CertArgs {
-    /// Directory to write cert.pem and key.pem into (created when missing).
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_OUT_DIR)]
-    pub out_dir: PathBuf,
-    /// Extra DNS name or IP address for the certificate, besides localhost, 127.0.0.1 and ::1
-    /// (repeatable).
-    #[arg(long = "name", value_name = "NAME")]
-    pub names: Vec<String>,
-    /// Replace an existing cert.pem/key.pem pair.
-    #[arg(long)]
-    pub force: bool,
-    /// Do nothing (and succeed) when both files already exist; for scripts.
-    #[arg(long, conflicts_with = "force")]
-    pub if_missing: bool,
-}
 
 /// Why `proxy cert` failed.
 #[derive(Debug, thiserror::Error)]

@@ -35,9 +35,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
+use super::conn::ClientConn;
+use super::handle::{handle, ProxyBody};
 use crate::config::Timeouts;
-use crate::forward;
-use crate::server::{handle, Connection, ProxyBody};
+use crate::forward::tunnel::tunnel;
 
 /// The first read of a parked connection: enough for a typical request head; the rest stays in
 /// the TLS layer until hyper reads it.
@@ -55,13 +56,13 @@ pub(crate) struct ClientIo {
     /// would otherwise keep room for its 1.2 KB in the connection's task.
     tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
     prefix: Bytes,
-    conn: Arc<Connection>,
+    conn: Arc<ClientConn>,
 }
 
 impl ClientIo {
     pub(crate) fn new(
         tls: tokio_rustls::server::TlsStream<TcpStream>,
-        conn: Arc<Connection>,
+        conn: Arc<ClientConn>,
     ) -> ClientIo {
         ClientIo {
             tls: Box::new(tls),
@@ -158,7 +159,7 @@ enum End {
 const REQUEST_TIMEOUT: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
-type Service1 = Box<
+type Http1Service = Box<
     dyn Service<
             Request<Incoming>,
             Response = Response<ProxyBody>,
@@ -172,12 +173,12 @@ type Service1 = Box<
 /// and the tunnel after an upgrade.
 pub(crate) async fn serve(
     mut io: ClientIo,
-    conn: Arc<Connection>,
+    conn: Arc<ClientConn>,
     builder: &http1::Builder,
     mut stop: watch::Receiver<bool>,
 ) {
     // Made once per connection: each hyper connection hands it back in its parts.
-    let mut service: Service1 = {
+    let mut service: Http1Service = {
         let conn = conn.clone();
         // Boxed: parking polls the connection with `poll_without_shutdown`, which needs an
         // `Unpin` request future.
@@ -204,16 +205,15 @@ pub(crate) async fn serve(
         // Bytes hyper read past the last message: the next request's start, or tunnel data.
         let read_ahead = parts.read_buf;
 
-        let tunnel = conn.tunnel.lock().expect("tunnel slot").take();
-        if let Some(upstream) = tunnel {
+        if let Some(upstream) = conn.take_tunnel() {
             io.unread(read_ahead);
-            let upstream_name = conn.proxy.live().upstream.to_string();
+            let upstream_name = conn.proxy.reloadable().upstream.to_string();
             // Boxed: the copy's state is large, and only upgraded connections need it.
-            Box::pin(forward::tunnel(
+            Box::pin(tunnel(
                 io,
                 upstream,
                 upstream_name,
-                conn.proxy.settings().timeouts.client_idle,
+                conn.proxy.fixed.timeouts.client_idle,
             ))
             .await;
             return;
@@ -255,15 +255,15 @@ pub(crate) async fn serve(
 /// Polls a hyper connection until it ends, asking it to end (without closing the socket) when it
 /// is parkable, idle past the client idle timeout, or the server stops.
 async fn run_hyper(
-    mut hyper_conn: Box<http1::Connection<TokioIo<ClientIo>, Service1>>,
-    conn: &Connection,
+    mut hyper_conn: Box<http1::Connection<TokioIo<ClientIo>, Http1Service>>,
+    conn: &ClientConn,
     stop: &mut watch::Receiver<bool>,
     finished_before: u64,
 ) -> (
     Result<End, hyper::Error>,
-    http1::Parts<TokioIo<ClientIo>, Service1>,
+    http1::Parts<TokioIo<ClientIo>, Http1Service>,
 ) {
-    let timeouts = conn.proxy.settings().timeouts;
+    let timeouts = conn.proxy.fixed.timeouts;
     let mut end = None;
     if *stop.borrow() {
         end = Some(End::Close);
@@ -273,7 +273,7 @@ async fn run_hyper(
     tokio::pin!(stopped);
     // One timer per connection, not one reset per request: it ticks at least every quarter
     // second while a request is in flight or the connection may soon be parked (`near`), and
-    // looks at the connection's deadlines each time it fires (see `Connection::next_check`).
+    // looks at the connection's deadlines each time it fires (see `ClientConn::next_check`).
     let (first_check, mut near) = conn.next_check(&timeouts);
     let idle_check = tokio::time::sleep_until(first_check);
     tokio::pin!(idle_check);
@@ -357,7 +357,7 @@ async fn run_hyper(
 }
 
 /// How the connection ends if its idle or header-read deadline has passed.
-fn expired(conn: &Connection, timeouts: &Timeouts) -> Option<End> {
+fn expired(conn: &ClientConn, timeouts: &Timeouts) -> Option<End> {
     if conn.idle_deadline(timeouts)? > Instant::now() {
         return None;
     }
@@ -377,10 +377,10 @@ fn expired(conn: &Connection, timeouts: &Timeouts) -> Option<End> {
 /// idle timeout passed, or the server stops.
 async fn wait_parked(
     io: &mut ClientIo,
-    conn: &Connection,
+    conn: &ClientConn,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<Bytes> {
-    let timeouts = conn.proxy.settings().timeouts;
+    let timeouts = conn.proxy.fixed.timeouts;
     let deadline = conn
         .idle_deadline(&timeouts)
         .unwrap_or_else(|| Instant::now() + timeouts.client_idle);

@@ -12,37 +12,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::cli::{HealthcheckArgs, DEFAULT_HEALTHCHECK_ADDR};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme};
 
-/// The proxy's default listener as seen from inside its own container.
-pub const DEFAULT_ADDR: &str = "127.0.0.1:8443";
-/// Time allowed for the whole check: connect, handshake and, with `--http`, the response.
-pub const DEFAULT_TIMEOUT: &str = "3s";
 /// SNI sent in the handshake; the proxy serves one certificate whatever the name.
 const SERVER_NAME: &str = "localhost";
-
-/// Arguments of `proxy healthcheck`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct HealthcheckArgs {
-    /// Address (host:port) of the proxy's TLS listener to check [default: the port of
-    /// PROXY_LISTEN on loopback, else 127.0.0.1:8443].
-    #[arg(long, env = "PROXY_HEALTHCHECK_ADDR")]
-    pub addr: Option<String>,
-    /// The proxy's listen address, read from the same PROXY_LISTEN the proxy uses, so that the
-    /// check follows a changed port without a second setting.
-    #[arg(long, env = "PROXY_LISTEN", hide = true)]
-    pub listen: Option<String>,
-    /// Time allowed for the whole check, e.g. `3s` or `500ms`.
-    #[arg(long, value_name = "DURATION", default_value = DEFAULT_TIMEOUT, value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// Also send `GET /` and require an HTTP response (any status: a 502 while the upstream is down
-    /// still shows the proxy is alive).
-    #[arg(long)]
-    pub http: bool,
-}
 
 /// Why the listener is considered unhealthy; each message is one line.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +42,7 @@ pub enum HealthError {
 
 impl HealthcheckArgs {
     /// The address to check: `--addr`, else the proxy's listen address with a wildcard IP
-    /// replaced by loopback, else [`DEFAULT_ADDR`].
+    /// replaced by loopback, else [`DEFAULT_HEALTHCHECK_ADDR`].
     pub fn target(&self) -> String {
         if let Some(addr) = &self.addr {
             return addr.clone();
@@ -81,7 +58,7 @@ impl HealthcheckArgs {
                 listen.to_string()
             }
             Some(Err(_)) => self.listen.clone().unwrap_or_default(),
-            None => DEFAULT_ADDR.to_owned(),
+            None => DEFAULT_HEALTHCHECK_ADDR.to_owned(),
         }
     }
 }
@@ -158,22 +135,6 @@ pub fn run_and_report(args: &HealthcheckArgs) -> ExitCode {
             eprintln!("unhealthy: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Parses `500ms`, `3s`, `2m` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 3s, 500ms)"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("{s:?}: unit must be ms, s or m")),
     }
 }
 
@@ -292,16 +253,5 @@ mod tests {
         for (addr, listen, want) in cases {
             assert_eq!(args(addr, listen).target(), want, "{addr:?} {listen:?}");
         }
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("3h").is_err());
-        assert!(parse_duration("s").is_err());
-        assert!(parse_duration("").is_err());
     }
 }

@@ -1,0 +1,389 @@
+//! The command line: every clap definition (the proxy's settings, its subcommands' arguments), the
+//! merge of flags, the process environment and the `.env` file (flag > environment > file >
+//! default), and the one parser for the durations settings take. Pure functions of argv, the
+//! env-file contents and an environment map, so tests never touch the process environment.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+
+use crate::cors::{self, CorsArgs};
+use crate::error::ConfigError;
+
+/// Default address of the HTTPS listener.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
+/// Default plain-HTTP upstream (the app on loopback).
+pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
+/// Default certificate chain file (the original app's layout).
+pub const DEFAULT_TLS_CERT: &str = "cert/cert.pem";
+/// Default private key file.
+pub const DEFAULT_TLS_KEY: &str = "cert/key.pem";
+/// Default env file, read from the working directory; a missing default file is fine.
+pub const DEFAULT_ENV_FILE: &str = ".env";
+
+/// A client must finish the TLS handshake within this time.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: &str = "10s";
+/// A client must send a complete request head within this time (HTTP/1.1; hyper also runs this
+/// timer while a kept-alive connection waits for its next request).
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "30s";
+/// A client connection with no request in flight is closed after this time.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "60s";
+/// Connecting to the upstream must succeed within this time.
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
+/// The upstream must send its response head within this time (else 504).
+pub const DEFAULT_UPSTREAM_RESPONSE_TIMEOUT: &str = "60s";
+/// Idle pooled upstream connections are closed after this time. Kept below the usual backend
+/// keep-alive (5 s in uvicorn, gunicorn's default is 2 s for sync workers but those close anyway),
+/// so the proxy, not the backend, closes an idle connection.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: &str = "4s";
+/// On SIGTERM/SIGINT, in-flight requests get this long to finish (below Docker's 10 s stop grace).
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "8s";
+/// How often the certificate files are checked for changes.
+pub const DEFAULT_CERT_WATCH_INTERVAL: &str = "5s";
+/// Maximum concurrent client connections; further clients wait in the kernel's accept queue.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Maximum size of a request head in bytes (HTTP/1.1 buffer, HTTP/2 header list).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Maximum number of request header fields.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Maximum idle pooled upstream connections.
+pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 256;
+
+/// The proxy's default listener as seen from inside its own container.
+pub const DEFAULT_HEALTHCHECK_ADDR: &str = "127.0.0.1:8443";
+/// Time allowed for the whole check: connect, handshake and, with `--http`, the response.
+pub const DEFAULT_HEALTHCHECK_TIMEOUT: &str = "3s";
+/// Where `proxy cert` writes by default: the proxy's default `--tls-cert`/`--tls-key` directory.
+pub const DEFAULT_CERT_OUT_DIR: &str = "cert";
+
+/// The `proxy` command line.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "proxy",
+    version,
+    about = "TLS-terminating reverse proxy with a CORS policy engine.",
+    args_override_self = true
+)]
+pub struct Cli {
+    /// A helper command; without one, the proxy runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+    #[command(flatten)]
+    pub cors: CorsArgs,
+}
+
+/// Helper subcommands beside the proxy itself.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Generate a development certificate and print how to trust it.
+    Cert(CertArgs),
+    /// Check that the local listener completes a TLS handshake (for container health checks).
+    Healthcheck(HealthcheckArgs),
+    /// CORS tools (`proxy cors explain`).
+    Cors {
+        #[command(subcommand)]
+        command: cors::explain::CorsCommand,
+    },
+}
+
+/// Settings of the proxy itself (the CORS ones live in [`CorsArgs`]).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
+    /// File with KEY=value lines read before starting (real environment variables win).
+    /// A missing default `.env` is fine; a missing named file is an error.
+    #[arg(long, env = "PROXY_ENV_FILE", value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+    /// Address of the HTTPS listener.
+    #[arg(long, env = "PROXY_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Plain-HTTP upstream, `http://host:port`; host names are resolved again for each new connection.
+    #[arg(long, env = "PROXY_UPSTREAM", value_name = "URL", default_value = DEFAULT_UPSTREAM)]
+    pub upstream: String,
+    /// Certificate chain (PEM).
+    #[arg(long, env = "TLS_CERT_FILE", value_name = "PATH", default_value = DEFAULT_TLS_CERT)]
+    pub tls_cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TLS_KEY_FILE", value_name = "PATH", default_value = DEFAULT_TLS_KEY)]
+    pub tls_key: PathBuf,
+    /// Log format: text or json.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: String,
+    /// Add `Strict-Transport-Security: max-age=SECONDS` to every response.
+    #[arg(long, env = "PROXY_HSTS", value_name = "SECONDS")]
+    pub hsts: Option<String>,
+    /// Also listen on this plain-HTTP address and answer every request with 308 to https.
+    #[arg(long, env = "PROXY_REDIRECT_HTTP", value_name = "ADDR")]
+    pub redirect_http: Option<String>,
+    /// The https port the redirect names (default: the port the proxy listens on). Set it when
+    /// HTTPS is published under another port; 443 leaves the port out of the URL.
+    #[arg(long, env = "PROXY_REDIRECT_HTTPS_PORT", value_name = "PORT")]
+    pub redirect_https_port: Option<String>,
+    /// Comma-separated peer networks (CIDR or address) whose X-Forwarded-*/Forwarded are kept.
+    #[arg(long, env = "PROXY_TRUSTED_PROXIES", value_name = "CIDRS")]
+    pub trusted_proxies: Option<String>,
+    /// TLS handshake timeout (`500ms`, `10s`, `2m`; a bare number is seconds).
+    #[arg(long, env = "PROXY_TLS_HANDSHAKE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_TLS_HANDSHAKE_TIMEOUT)]
+    pub tls_handshake_timeout: String,
+    /// Time allowed for a client to send a request head.
+    #[arg(long, env = "PROXY_HEADER_READ_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_HEADER_READ_TIMEOUT)]
+    pub header_read_timeout: String,
+    /// A client connection with no request in flight is closed after this time.
+    #[arg(long, env = "PROXY_CLIENT_IDLE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_CLIENT_IDLE_TIMEOUT)]
+    pub client_idle_timeout: String,
+    /// Upstream connect timeout.
+    #[arg(long, env = "PROXY_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT)]
+    pub upstream_connect_timeout: String,
+    /// Time allowed for the upstream to send its response head once the request, body included,
+    /// has been sent (then 504).
+    #[arg(long, env = "PROXY_UPSTREAM_RESPONSE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_UPSTREAM_RESPONSE_TIMEOUT)]
+    pub upstream_response_timeout: String,
+    /// Idle pooled upstream connections are closed after this (keep below the backend's keep-alive).
+    #[arg(long, env = "PROXY_UPSTREAM_IDLE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_UPSTREAM_IDLE_TIMEOUT)]
+    pub upstream_idle_timeout: String,
+    /// Maximum idle pooled upstream connections.
+    #[arg(long, env = "PROXY_UPSTREAM_MAX_IDLE", value_name = "N", default_value_t = DEFAULT_UPSTREAM_MAX_IDLE)]
+    pub upstream_max_idle: usize,
+    /// Grace period for in-flight requests on SIGTERM/SIGINT.
+    #[arg(long, env = "PROXY_SHUTDOWN_GRACE", value_name = "DURATION", default_value = DEFAULT_SHUTDOWN_GRACE)]
+    pub shutdown_grace: String,
+    /// How often the certificate files are checked for changes.
+    #[arg(long, env = "PROXY_CERT_WATCH_INTERVAL", value_name = "DURATION", default_value = DEFAULT_CERT_WATCH_INTERVAL)]
+    pub cert_watch_interval: String,
+    /// Maximum concurrent client connections.
+    #[arg(long, env = "PROXY_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Maximum request head size in bytes (at least 8192).
+    #[arg(long, env = "PROXY_MAX_HEADER_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+    /// Maximum number of request header fields.
+    #[arg(long, env = "PROXY_MAX_HEADERS", value_name = "N", default_value_t = DEFAULT_MAX_HEADERS)]
+    pub max_headers: usize,
+}
+
+/// Arguments of `proxy cert`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CertArgs {
+    /// Directory to write cert.pem and key.pem into (created when missing).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_CERT_OUT_DIR)]
+    pub out_dir: PathBuf,
+    /// Extra DNS name or IP address for the certificate, besides localhost, 127.0.0.1 and ::1
+    /// (repeatable).
+    #[arg(long = "name", value_name = "NAME")]
+    pub names: Vec<String>,
+    /// Replace an existing cert.pem/key.pem pair.
+    #[arg(long)]
+    pub force: bool,
+    /// Do nothing (and succeed) when both files already exist; for scripts.
+    #[arg(long, conflicts_with = "force")]
+    pub if_missing: bool,
+}
+
+/// Arguments of `proxy healthcheck`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckArgs {
+    /// Address (host:port) of the proxy's TLS listener to check [default: the port of
+    /// PROXY_LISTEN on loopback, else 127.0.0.1:8443].
+    #[arg(long, env = "PROXY_HEALTHCHECK_ADDR")]
+    pub addr: Option<String>,
+    /// The proxy's listen address, read from the same PROXY_LISTEN the proxy uses, so that the
+    /// check follows a changed port without a second setting.
+    #[arg(long, env = "PROXY_LISTEN", hide = true)]
+    pub listen: Option<String>,
+    /// Time allowed for the whole check, e.g. `3s` or `500ms`.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_HEALTHCHECK_TIMEOUT, value_parser = duration_arg)]
+    pub timeout: Duration,
+    /// Also send `GET /` and require an HTTP response (any status: a 502 while the upstream is down
+    /// still shows the proxy is alive).
+    #[arg(long)]
+    pub http: bool,
+}
+
+/// Parses the command line with the env file and environment folded in.
+///
+/// Precedence is flag > `env` > env file > default: values from the file and the environment are
+/// turned into `--long=value` arguments placed *before* the user's arguments, and
+/// `args_override_self` lets the last occurrence win. Keys that are not the env name of a
+/// top-level setting (the original `.env` has `REDIS_URL`) are ignored. Empty values count as unset.
+pub fn parse(argv: &[OsString], env: &HashMap<String, String>) -> Result<Cli, ConfigError> {
+    let command = Cli::command();
+    // First pass over the user's own arguments only: it finds `--env-file` (and reports usage
+    // errors, `--help` and `--version` exactly as the user typed them).
+    let first = Cli::from_arg_matches(&command.clone().try_get_matches_from(argv)?)?;
+    let (env_path, named) = match first.proxy.env_file.clone() {
+        Some(path) => (path, true),
+        None => match env.get("PROXY_ENV_FILE").filter(|v| !v.is_empty()) {
+            Some(path) => (PathBuf::from(path), true),
+            None => (PathBuf::from(DEFAULT_ENV_FILE), false),
+        },
+    };
+    let file_vars = read_env_file(&env_path, named)?;
+
+    let longs: HashMap<String, String> = command
+        .get_arguments()
+        .filter_map(|arg| {
+            let env = arg.get_env()?.to_str()?;
+            let long = arg.get_long()?;
+            (long != "env-file").then(|| (env.to_owned(), long.to_owned()))
+        })
+        .collect();
+
+    let mut full: Vec<OsString> = Vec::with_capacity(argv.len() + longs.len());
+    full.push(argv.first().cloned().unwrap_or_else(|| "proxy".into()));
+    let from_file = file_vars
+        .iter()
+        .map(|(key, value)| (key, value))
+        .filter(|(key, _)| env.get(key.as_str()).is_none_or(|v| v.is_empty()));
+    for (key, value) in from_file.chain(env.iter()) {
+        if let (Some(long), false) = (longs.get(key.as_str()), value.is_empty()) {
+            full.push(format!("--{long}={value}").into());
+        }
+    }
+    full.extend(argv.iter().skip(1).cloned());
+    Ok(Cli::from_arg_matches(&command.try_get_matches_from(full)?)?)
+}
+
+fn read_env_file(path: &PathBuf, named: bool) -> Result<Vec<(String, String)>, ConfigError> {
+    let iter = match dotenvy::from_path_iter(path) {
+        Ok(iter) => iter,
+        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if named {
+                Err(ConfigError::EnvFileMissing { path: path.clone() })
+            } else {
+                Ok(Vec::new())
+            };
+        }
+        Err(source) => {
+            return Err(ConfigError::EnvFile {
+                path: path.clone(),
+                source,
+            })
+        }
+    };
+    iter.collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ConfigError::EnvFile {
+            path: path.clone(),
+            source,
+        })
+}
+
+/// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds; zero is refused (every phase
+/// must be bounded).
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+/// What a duration setting accepts, for error messages.
+pub const DURATION_FORMS: &str =
+    "use a positive duration such as 500ms, 10s, 2m or 1h (a bare number is seconds)";
+
+/// [`parse_duration`] as a clap value parser.
+fn duration_arg(value: &str) -> Result<Duration, String> {
+    parse_duration(value).ok_or_else(|| format!("{value:?}: {DURATION_FORMS}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        std::iter::once("proxy")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn temp_env_file(name: &str, contents: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("proxy-config-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(".env");
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    #[test]
+    fn precedence_flag_over_env_over_file_over_default() {
+        let file = temp_env_file(
+            "precedence",
+            "PROXY_UPSTREAM=http://file:1\nPROXY_LISTEN=127.0.0.1:1111\nALLOW_ORIGINS=http://a\nREDIS_URL=redis://x\n",
+        );
+        let file_arg = format!("--env-file={}", file.display());
+        // (flags, environment, expected upstream, expected listen address)
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
+            (&[], &[], "http://file:1", "127.0.0.1:1111"),
+            (
+                &[],
+                &[("PROXY_UPSTREAM", "http://env:2")],
+                "http://env:2",
+                "127.0.0.1:1111",
+            ),
+            (
+                &["--upstream", "http://flag:3"],
+                &[("PROXY_UPSTREAM", "http://env:2")],
+                "http://flag:3",
+                "127.0.0.1:1111",
+            ),
+            (
+                &["--listen=127.0.0.1:3333"],
+                &[("PROXY_LISTEN", "127.0.0.1:2222")],
+                "http://file:1",
+                "127.0.0.1:3333",
+            ),
+        ];
+        for (flags, vars, upstream, listen) in cases {
+            let mut args = vec![file_arg.as_str()];
+            args.extend_from_slice(flags);
+            let cli = parse(&argv(&args), &env(vars)).unwrap();
+            assert_eq!(cli.proxy.upstream, *upstream, "{flags:?} {vars:?}");
+            assert_eq!(cli.proxy.listen, *listen, "{flags:?} {vars:?}");
+            assert_eq!(cli.cors.allow_origins.as_deref(), Some("http://a"));
+        }
+    }
+
+    #[test]
+    fn durations() {
+        let cases = [
+            ("10", Some(Duration::from_secs(10))),
+            ("10s", Some(Duration::from_secs(10))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("2m", Some(Duration::from_secs(120))),
+            ("1h", Some(Duration::from_secs(3600))),
+            ("0", None),
+            ("", None),
+            ("5d", None),
+            ("s", None),
+            ("-1s", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(parse_duration(input), expected, "{input}");
+        }
+    }
+}

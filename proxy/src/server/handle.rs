@@ -1,0 +1,182 @@
+//! One request's way through the proxy: the CORS verdict, then either the proxy's own answer or
+//! the upstream's response, the CORS and HSTS response headers, and one access-log line when the
+//! response body ends.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::conn::ClientConn;
+use crate::cors::{self, RequestInfo, Verdict};
+use crate::error::{wants_json, ProxyError};
+use crate::forward;
+use crate::upstream::{PooledBody, ResponseTimer};
+
+/// The status logged for a request whose client went away before a response existed (nginx's).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The body of every response the proxy sends: the upstream's stream or a proxy-made body,
+/// counting bytes and writing the access-log line when it ends or is dropped.
+pub struct ProxyBody {
+    inner: Either<PooledBody, Full<Bytes>>,
+    log: AccessLog,
+}
+
+struct AccessLog {
+    conn: Arc<ClientConn>,
+    method: Method,
+    uri: Uri,
+    status: StatusCode,
+    bytes: u64,
+    start: Instant,
+    upstream_time: Option<Duration>,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.conn.request_finished();
+        info!(
+            target: "access",
+            peer = %self.conn.peer_addr,
+            method = %self.method,
+            path = self.uri.path(),
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.log.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Answers one request (HTTP/1.1 or HTTP/2) on `conn`.
+pub(crate) async fn handle(
+    conn: Arc<ClientConn>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    conn.request_started();
+    let mut log = AccessLog {
+        conn: conn.clone(),
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        // Logged as is when the client goes away before a response exists.
+        status: StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST),
+        bytes: 0,
+        start,
+        upstream_time: None,
+    };
+    let proxy = &conn.proxy;
+    let json = wants_json(req.headers());
+
+    let limit = proxy.fixed.limits.max_headers;
+    let (verdict, upstream) = {
+        let live = proxy.reloadable_guard();
+        let info = RequestInfo {
+            method: req.method(),
+            headers: req.headers(),
+            path: req.uri().path(),
+            authority: req.uri().authority().map(|a| a.as_str()).or_else(|| {
+                req.headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+            }),
+            wants_json: json,
+        };
+        (cors::evaluate(&live.cors, &info), live.upstream.clone())
+    };
+
+    let (mut response, cors) = match verdict {
+        Verdict::Respond(response) => (response.map(|b| Either::Right(Full::new(b))), None),
+        Verdict::Forward(cors) => {
+            let result = if req.headers().len() > limit {
+                // HTTP/1.1 is held to the limit by hyper; HTTP/2 only by the header list size.
+                Err(ProxyError::TooManyHeaders {
+                    count: req.headers().len(),
+                    limit,
+                })
+            } else {
+                // An HTTP/1.1 connection's timer ticks while a request is in flight (see
+                // `ClientConn::next_check`), which lets the response timer wait; an HTTP/2 stream
+                // runs in a task of its own.
+                let timer = if req.version() == Version::HTTP_2 {
+                    ResponseTimer::Armed
+                } else {
+                    ResponseTimer::Deferred
+                };
+                forward::forward(
+                    &proxy.pool,
+                    &upstream,
+                    &proxy.fixed.timeouts,
+                    &conn.peer,
+                    req,
+                    timer,
+                )
+                .await
+            };
+            let response = match result {
+                Ok(proxied) => {
+                    log.upstream_time = Some(proxied.upstream_time);
+                    if let Some(upgrade) = proxied.upgrade {
+                        conn.set_tunnel(upgrade);
+                    }
+                    proxied.response.map(Either::Left)
+                }
+                Err(e) => {
+                    warn!(upstream = %upstream, cause = e.cause(), error = %e, "request failed");
+                    e.to_response(json).map(Either::Right)
+                }
+            };
+            (response, Some(cors))
+        }
+    };
+    if let Some(cors) = cors {
+        cors.apply(response.headers_mut());
+    }
+    if let Some(hsts) = &proxy.fixed.hsts {
+        response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+    log.status = response.status();
+    Ok(response.map(|inner| ProxyBody { inner, log }))
+}

@@ -1,0 +1,242 @@
+//! The HTTPS server: the accept loop (one slot per connection under `PROXY_MAX_CONNECTIONS`), the
+//! TLS handshake, the protocol ALPN agreed on, and the graceful drain at shutdown.
+//!
+//! - [`state`]: what every connection shares, and the reload;
+//! - `conn`: one client connection's state and deadlines;
+//! - `http1`: HTTP/1.1 connections (parking, tunnels); HTTP/2 is hyper's connection, run here;
+//! - `handle`: one request, from the CORS verdict to the access-log line;
+//! - [`redirect`]: the optional plain-HTTP listener that redirects to https.
+
+mod accept;
+mod conn;
+mod handle;
+mod http1;
+pub mod redirect;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use hyper::server::conn::{http1 as hyper_http1, http2 as hyper_http2};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::FixedSettings;
+use accept::accept;
+use conn::ClientConn;
+use handle::handle;
+pub use redirect::serve_redirect;
+pub use state::{CertReloader, Proxy};
+
+/// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown` resolves, then stops
+/// accepting, lets in-flight requests finish within the shutdown grace period, and returns.
+pub async fn run(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let builders = Arc::new(Builders::new(&proxy.fixed));
+    let acceptor = tokio_rustls::TlsAcceptor::from(proxy.tls.clone());
+    let max_connections = proxy.fixed.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let addr = listener.local_addr()?;
+    info!(%addr, upstream = %proxy.reloadable().upstream, "listening (https)");
+
+    tokio::pin!(shutdown);
+    loop {
+        // Waiting for a slot before accepting keeps surplus clients in the kernel's backlog.
+        // The semaphore is never closed, so acquiring fails only if that changes: stop then.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            accepted = accept(&listener, "https") => accepted,
+            () = &mut shutdown => break,
+        };
+        let span =
+            info_span!("conn", %peer, tls = tracing::field::Empty, alpn = tracing::field::Empty);
+        let connection = serve_connection(
+            tcp,
+            peer,
+            proxy.clone(),
+            acceptor.clone(),
+            builders.clone(),
+            stop_rx.clone(),
+            permit,
+        );
+        tokio::spawn(connection.instrument(span));
+    }
+
+    drop(listener);
+    let grace = proxy.fixed.timeouts.shutdown_grace;
+    let open = max_connections - slots.available_permits();
+    info!(open_connections = open, grace = ?grace, "shutting down: draining connections");
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    match tokio::time::timeout(grace, slots.acquire_many(all)).await {
+        Ok(_) => info!("shutdown complete: all connections drained"),
+        Err(_) => warn!(
+            cut = max_connections - slots.available_permits(),
+            "shutdown grace period over: closing remaining connections"
+        ),
+    }
+    Ok(())
+}
+
+/// The connection builders, one per protocol; ALPN names the protocol in the handshake.
+struct Builders {
+    http1: hyper_http1::Builder,
+    http2: hyper_http2::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(settings: &FixedSettings) -> Builders {
+        let limits = &settings.limits;
+        let header_list_size = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+        let mut http1 = hyper_http1::Builder::new();
+        // No header-read timer from hyper: it would register a new timer for every request.
+        // `ClientConn` keeps that deadline instead, checked by the connection's own timer.
+        http1
+            .max_buf_size(limits.max_header_bytes)
+            .max_headers(limits.max_headers);
+        let mut http2 = hyper_http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(header_list_size);
+        Builders { http1, http2 }
+    }
+}
+
+/// The protocol the TLS handshake agreed on. Without ALPN it is HTTP/1.1: HTTP/2 over TLS must
+/// be negotiated with ALPN (RFC 9113 §3.2).
+enum Protocol {
+    Http1,
+    Http2,
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer_addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    builders: Arc<Builders>,
+    stop: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        debug!(error = %e, "TCP_NODELAY failed");
+    }
+    let timeouts = proxy.fixed.timeouts;
+    let tls = match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(phase = "tls_handshake", error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(phase = "tls_handshake", timeout = ?timeouts.tls_handshake, "TLS handshake timed out");
+            return;
+        }
+    };
+    let protocol = {
+        let (_, session) = tls.get_ref();
+        let span = tracing::Span::current();
+        if let Some(version) = session.protocol_version() {
+            span.record("tls", tracing::field::debug(version));
+        }
+        if let Some(alpn) = session.alpn_protocol() {
+            span.record("alpn", String::from_utf8_lossy(alpn).as_ref());
+        }
+        match session.alpn_protocol() {
+            Some(b"h2") => Protocol::Http2,
+            _ => Protocol::Http1,
+        }
+    };
+
+    let conn = Arc::new(ClientConn::new(proxy, peer_addr));
+    match protocol {
+        Protocol::Http2 => {
+            let service = {
+                let conn = conn.clone();
+                // Boxed: hyper spawns a task per stream around this future and moves it several
+                // times on the way; a pointer moves cheaper than the request's whole state.
+                service_fn(move |req| Box::pin(handle(conn.clone(), req)))
+            };
+            // Boxed: HTTP/2's connection state is large (and an idle HTTP/1.1 connection's task
+            // would otherwise keep room for it).
+            let connection = Box::pin(builders.http2.serve_connection(TokioIo::new(tls), service));
+            serve_http2(
+                connection,
+                |c| c.get_mut().as_mut().graceful_shutdown(),
+                &conn,
+                stop,
+            )
+            .await;
+        }
+        Protocol::Http1 => {
+            let io = http1::ClientIo::new(tls, conn.clone());
+            http1::serve(io, conn, &builders.http1, stop).await;
+        }
+    }
+    // Held to here: the slot is free once the connection (or its tunnel) is gone.
+    drop(permit);
+}
+
+/// Runs an HTTP/2 connection to its end: asks it to finish (`graceful_shutdown`) when the server
+/// stops or when it has been idle for the client idle timeout.
+async fn serve_http2<C, E>(
+    connection: C,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    conn: &ClientConn,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    let timeouts = conn.proxy.fixed.timeouts;
+    let mut stopping = *stop.borrow();
+    if stopping {
+        graceful_shutdown(connection.as_mut());
+    }
+    let idle = timeouts.client_idle;
+    let mut idle_check = conn.opened + timeouts.header_read.min(idle);
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            changed = stop.changed(), if !stopping => {
+                // A closed channel means the server is gone: stop as well.
+                let _ = changed;
+                stopping = true;
+                graceful_shutdown(connection.as_mut());
+            }
+            () = tokio::time::sleep_until(idle_check), if !stopping => {
+                match conn.idle_deadline(&timeouts) {
+                    Some(deadline) if deadline <= Instant::now() => {
+                        debug!(phase = "client_idle", "closing idle connection");
+                        stopping = true;
+                        graceful_shutdown(connection.as_mut());
+                    }
+                    Some(deadline) => idle_check = deadline,
+                    None => idle_check = Instant::now() + idle,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! The body of a request as it goes upstream: the client's streamed body, which says when its
+//! last byte has gone, or nothing.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+/// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
+/// idempotent request be sent again on a fresh connection).
+pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
+
+/// The client's request body as it streams upstream. It reports when its last byte has gone,
+/// because the upstream response timeout counts from there: however long an upload takes is the
+/// client's time, not the upstream's.
+pub struct ClientBody {
+    inner: Incoming,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+impl ClientBody {
+    /// Wraps the client's body; `sent` (if any) is told when the body has gone in full or failed.
+    pub fn new(inner: Incoming, sent: Option<oneshot::Sender<()>>) -> ClientBody {
+        ClientBody { inner, sent }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        // The end (or a failure) of the body, whichever the client connection saw first.
+        if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || self.inner.is_end_stream()
+        {
+            if let Some(sent) = self.sent.take() {
+                let _ = sent.send(());
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,16 @@
+//! The upstream side: connections to the plain-HTTP app, kept in one pool shared by every client
+//! connection.
+//!
+//! - [`connect`]: resolving the upstream's name and opening an HTTP/1.1 connection;
+//! - [`exchange`]: one connection and how it is polled while a request uses it;
+//! - [`pool`]: idle connections kept between requests, and the response body that returns them;
+//! - [`body`]: the request body as it streams upstream.
+
+pub mod body;
+pub mod connect;
+pub mod exchange;
+pub mod pool;
+
+pub use body::{ClientBody, UpstreamBody};
+pub use exchange::{ResponseTimer, UpstreamConn};
+pub use pool::{Checkout, Pool, PooledBody};

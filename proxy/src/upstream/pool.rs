@@ -1,0 +1,287 @@
+//! The upstream connection pool: HTTP/1.1 connections to the upstream, kept open between requests.
+//!
+//! A request takes the most recently used idle connection (last in, first out, which keeps the set
+//! of warm connections small), and its response body ([`PooledBody`]) hands the connection back
+//! when it ends. A connection idle longer than `PROXY_UPSTREAM_IDLE_TIMEOUT` is closed (by a
+//! reaper task that runs while the pool holds any), so it is never used just as the backend
+//! closes it. Who polls a connection, in the pool and out of it, is `exchange`'s rule.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::Response;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::connect::connect;
+use super::exchange::UpstreamConn;
+use crate::config::{Limits, Timeouts, Upstream};
+use crate::error::ConnectError;
+
+/// The pool. One per process, shared by all client connections.
+pub struct Pool {
+    state: Mutex<State>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+struct State {
+    /// Oldest at the front, most recently returned at the back.
+    idle: VecDeque<Idle>,
+    /// Whether a reaper task is running.
+    reaping: bool,
+}
+
+struct Idle {
+    authority: Authority,
+    conn: UpstreamConn,
+    since: Instant,
+}
+
+/// A connection taken for one request.
+pub struct Checkout {
+    pub conn: UpstreamConn,
+    /// It served an earlier request: a failure before any response may be a connection the
+    /// upstream closed meanwhile, which is worth one retry on a fresh connection.
+    pub reused: bool,
+}
+
+impl Pool {
+    pub fn new(timeouts: &Timeouts, limits: &Limits) -> Arc<Pool> {
+        Arc::new(Pool {
+            state: Mutex::new(State {
+                idle: VecDeque::new(),
+                reaping: false,
+            }),
+            connect_timeout: timeouts.upstream_connect,
+            idle_timeout: timeouts.upstream_idle,
+            max_idle: limits.upstream_max_idle,
+        })
+    }
+    /// An idle connection to `upstream`, or a new one.
+    pub async fn checkout(&self, upstream: &Upstream) -> Result<Checkout, ConnectError> {
+        if let Some(conn) = self.take_idle(&upstream.authority) {
+            return Ok(Checkout { conn, reused: true });
+        }
+        // Boxed: connecting is the rare path, and its future would otherwise make every
+        // request's future larger (which is moved, hence copied, per request).
+        Box::pin(self.connect(upstream)).await.map(|conn| Checkout {
+            conn,
+            reused: false,
+        })
+    }
+
+    /// A new connection, never a pooled one.
+    pub async fn connect(&self, upstream: &Upstream) -> Result<UpstreamConn, ConnectError> {
+        connect(upstream, self.connect_timeout).await
+    }
+
+    /// The pool's state. A panic elsewhere while the lock was held cannot leave it inconsistent
+    /// (each change is one push or pop), so a poisoned lock is used as it is.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take_idle(&self, authority: &Authority) -> Option<UpstreamConn> {
+        let mut state = self.state();
+        let now = Instant::now();
+        while let Some(idle) = state.idle.pop_back() {
+            if idle.since + self.idle_timeout <= now {
+                // Everything older is expired too; the reaper's work, done now.
+                state.idle.clear();
+                return None;
+            }
+            // Nobody polls a pooled connection without a task of its own, so this is what it was
+            // when returned (a close seen then ended it); a detached one's task keeps it current.
+            // A close that arrived since is read by the request's first poll, which hands the
+            // request back unsent for a new connection (see `forward`).
+            // Another authority is a pre-reload upstream.
+            if idle.conn.is_idle() && same_authority(&idle.authority, authority) {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange is complete.
+    fn checkin(self: &Arc<Self>, authority: Authority, mut conn: UpstreamConn) {
+        if self.max_idle == 0 {
+            return;
+        }
+        // Outside the runtime (a body dropped while it shuts down) there is nothing to return to.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if conn.is_registered() || !conn.is_idle() {
+            let _ = conn.settle();
+        }
+        if !conn.is_idle() {
+            // hyper has not yet seen the end of the exchange (e.g. the request body is still being
+            // written after an early response): let it finish off the request path.
+            if !conn.has_ended() {
+                let pool = self.clone();
+                let wait = self.idle_timeout;
+                runtime.spawn(async move {
+                    let finish = std::future::poll_fn(|cx| {
+                        if conn.poll_io(cx).is_ready() && conn.has_ended() {
+                            return Poll::Ready(false);
+                        }
+                        conn.sender.poll_ready(cx).map(|ready| ready.is_ok())
+                    });
+                    if let Ok(true) = tokio::time::timeout(wait, finish).await {
+                        let _ = conn.settle();
+                        if conn.is_idle() {
+                            pool.push(authority, conn);
+                        }
+                    }
+                });
+            }
+            return;
+        }
+        self.push(authority, conn);
+    }
+
+    /// Adds an idle connection; starts the reaper if none runs. Called within the runtime.
+    fn push(self: &Arc<Self>, authority: Authority, conn: UpstreamConn) {
+        let mut state = self.state();
+        if state.idle.len() >= self.max_idle {
+            state.idle.pop_front();
+        }
+        state.idle.push_back(Idle {
+            authority,
+            conn,
+            since: Instant::now(),
+        });
+        if !state.reaping {
+            state.reaping = true;
+            tokio::spawn(reap(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Whether two authorities are the same. Usually they share one buffer (the pool keeps a clone of
+/// the live upstream's), which settles it without the case-insensitive comparison.
+fn same_authority(a: &Authority, b: &Authority) -> bool {
+    std::ptr::eq(a.as_str(), b.as_str()) || a == b
+}
+
+/// Closes idle connections as they pass the idle timeout; ends when the pool is empty.
+async fn reap(pool: Weak<Pool>) {
+    loop {
+        let next = {
+            let Some(pool) = pool.upgrade() else { return };
+            let mut state = pool.state();
+            let now = Instant::now();
+            while state
+                .idle
+                .front()
+                .is_some_and(|idle| idle.since + pool.idle_timeout <= now)
+            {
+                state.idle.pop_front();
+            }
+            match state.idle.front() {
+                Some(oldest) => oldest.since + pool.idle_timeout,
+                None => {
+                    state.reaping = false;
+                    return;
+                }
+            }
+        };
+        tokio::time::sleep_until(next).await;
+    }
+}
+
+/// An upstream response body. It polls its connection while it is read (the connection has no
+/// task of its own), and returns it to the pool once read to the end (a body dropped early takes
+/// its connection down with it).
+pub struct PooledBody {
+    inner: Incoming,
+    checkin: Option<(Arc<Pool>, Authority, UpstreamConn)>,
+}
+
+impl PooledBody {
+    /// Wraps `response`'s body; `checkin` is `None` for a connection that must not be reused
+    /// (an upgraded one, which has a task of its own).
+    pub fn wrap(
+        response: Response<Incoming>,
+        checkin: Option<(Arc<Pool>, Authority, UpstreamConn)>,
+    ) -> Response<PooledBody> {
+        response.map(|inner| PooledBody { inner, checkin })
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        if let Some((pool, authority, conn)) = self.checkin.take() {
+            if self.inner.is_end_stream() {
+                pool.checkin(authority, conn);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if poll.is_pending() {
+            // Nothing buffered: let the connection read more (a small body came with the head,
+            // and then the connection needs no poll here).
+            if let Some((_, _, conn)) = &mut self.checkin {
+                let _ = conn.poll_io(cx);
+                poll = Pin::new(&mut self.inner).poll_frame(cx);
+            }
+        }
+        match &poll {
+            // The end: the connection goes back at once, not when hyper drops the body.
+            Poll::Ready(None) => {
+                if let Some((pool, authority, conn)) = self.checkin.take() {
+                    pool.checkin(authority, conn);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => self.checkin = None,
+            _ => {}
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_compare_by_buffer_then_by_value() {
+        let live: Authority = "app:8000".parse().unwrap();
+        let pooled = live.clone();
+        assert!(same_authority(&pooled, &live));
+        // Another buffer with the same name (a reload that kept the upstream), in another case.
+        let reparsed: Authority = "APP:8000".parse().unwrap();
+        assert!(same_authority(&reparsed, &live));
+        let other: Authority = "app:8001".parse().unwrap();
+        assert!(!same_authority(&other, &live));
+        // A prefix of the same text is not the same authority.
+        let shorter: Authority = "app".parse().unwrap();
+        assert!(!same_authority(&shorter, &live));
+    }
+}
