@@ -3,7 +3,7 @@
 # none, starts the app on loopback and the proxy on https://localhost:8443, and stops both on Ctrl-C.
 #
 # Settings come from the usual places: flags are not passed here, so the proxy reads PROXY_* / TLS_* /
-# CORS variables from the environment and from `.env` in the repository root (see README.md).
+# CORS variables from the environment and from `.env` in the repository root (see docs/configuration.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

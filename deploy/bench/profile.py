@@ -22,7 +22,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import bench  # noqa: E402  (sibling module; path set just above)
+import host  # noqa: E402  (sibling modules; path set just above)
+import peers  # noqa: E402
+import workloads  # noqa: E402
 
 WORKLOADS = ["h1", "h2", "full", "resumed", "cors"]
 # Under callgrind the proxy runs ~50x slower: a fixed, small request count per workload.
@@ -41,13 +43,13 @@ def perf_works():
 
 def run_workload(name, peer, duration):
     if name == "h1":
-        return bench.measured(peer, bench.wrk, duration)
+        return workloads.measured(peer, workloads.wrk, duration)
     if name == "cors":
-        return bench.measured(peer, bench.wrk, duration, [f"Origin: {bench.ALLOWED_ORIGIN}"])
+        return workloads.measured(peer, workloads.wrk, duration, [f"Origin: {peers.ALLOWED_ORIGIN}"])
     if name == "h2":
-        return bench.measured(peer, bench.h2load, duration)
+        return workloads.measured(peer, workloads.h2load, duration)
     if name in ("full", "resumed"):
-        return bench.measured(peer, bench.connrate, duration, name == "resumed")
+        return workloads.measured(peer, workloads.connrate, duration, name == "resumed")
     raise ValueError(name)
 
 
@@ -55,11 +57,11 @@ def perf_profile(args, procs, workdir, backend_port, outdir):
     summary = []
     for wl in args.workloads:
         name = "proxy-cors" if wl == "cors" else "proxy"
-        peer = bench.start_peer(name, args, procs, workdir, backend_port)
-        bench.wrk(peer, 1)  # warm-up
+        peer = peers.start_peer(name, args, procs, workdir, backend_port)
+        workloads.wrk(peer, 1)  # warm-up
         data = os.path.join(outdir, f"{wl}.perf.data")
         rec = subprocess.Popen(
-            ["taskset", "-c", bench.LOAD_CORE, "perf", "record", "-e", "cpu-clock", "-F", "1999",
+            ["taskset", "-c", host.LOAD_CORE, "perf", "record", "-e", "cpu-clock", "-F", "1999",
              "--call-graph", "dwarf,16384", "-o", data, "-p", str(peer.proc.pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -92,7 +94,7 @@ def start_under_callgrind(peer_name, args, procs, workdir, backend_port, out):
     # Instrumentation starts only after start-up and warm-up (callgrind_control -i on), so the
     # count is the steady state's: aws-lc's start-up entropy alone is ~300 M.
     valgrind = f"valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file={out}"
-    bench.READY_TIMEOUT_S = 120.0
+    peers.READY_TIMEOUT_S = 120.0
     if peer_name == "nginx":
         # The same configuration as in the bench, in one process (no master), so that the
         # process under callgrind is the one doing the work. An `nginx` wrapper first on PATH
@@ -108,7 +110,7 @@ def start_under_callgrind(peer_name, args, procs, workdir, backend_port, out):
         path = os.environ.get("PATH", "/usr/bin:/bin")
         os.environ["PATH"] = f"{bindir}:{path}"
         try:
-            return bench.start_peer("nginx", args, procs, workdir, backend_port)
+            return peers.start_peer("nginx", args, procs, workdir, backend_port)
         finally:
             os.environ["PATH"] = path
     real_bin = args.proxy_bin
@@ -118,7 +120,7 @@ def start_under_callgrind(peer_name, args, procs, workdir, backend_port, out):
     os.chmod(wrapper, 0o755)
     args.proxy_bin = wrapper
     try:
-        return bench.start_peer(peer_name, args, procs, workdir, backend_port)
+        return peers.start_peer(peer_name, args, procs, workdir, backend_port)
     finally:
         args.proxy_bin = real_bin
 
@@ -135,16 +137,16 @@ def callgrind_profile(args, procs, workdir, backend_port, outdir):
         name = args.peer if args.peer == "nginx" else ("proxy-cors" if wl == "cors" else "proxy")
         out = os.path.join(outdir, f"{name}-{wl}.callgrind.out")
         peer = start_under_callgrind(name, args, procs, workdir, backend_port, out)
-        headers = [] if wl != "cors" else ["-H", f"Origin: {bench.ALLOWED_ORIGIN}"]
+        headers = [] if wl != "cors" else ["-H", f"Origin: {peers.ALLOWED_ORIGIN}"]
         # Warm-up: the connections and the upstream pool exist before counting starts.
-        subprocess.run(["taskset", "-c", bench.LOAD_CORE, "h2load", "-t1", "-c", "8", "-n", "800",
+        subprocess.run(["taskset", "-c", host.LOAD_CORE, "h2load", "-t1", "-c", "8", "-n", "800",
                         "--h1"] + headers + [f"https://127.0.0.1:{peer.port}/"],
                        capture_output=True, timeout=300)
         subprocess.run(["callgrind_control", "-i", "on", str(peer.proc.pid)],
                        capture_output=True, timeout=60, check=True)
         # A fixed request count: h2load -n works for both protocols.
         proto = ["--h1"] if wl in ("h1", "cors") else ["-m", "16"]
-        r = subprocess.run(["taskset", "-c", bench.LOAD_CORE, "h2load", "-t1", "-c", "8",
+        r = subprocess.run(["taskset", "-c", host.LOAD_CORE, "h2load", "-t1", "-c", "8",
                             "-n", str(CALLGRIND_REQUESTS)] + proto + headers +
                            [f"https://127.0.0.1:{peer.port}/"], capture_output=True, text=True,
                            timeout=900)
@@ -184,20 +186,20 @@ def main(argv):
     args.proxy_bin = os.path.abspath(args.proxy_bin)
     if args.tlsload_bin:
         args.tlsload_bin = os.path.abspath(args.tlsload_bin)
-    bench.TOOLS["tlsload"] = args.tlsload_bin
+    workloads.TOOLS["tlsload"] = args.tlsload_bin
     tool = args.tool or ("perf" if perf_works() else "callgrind")
     if args.nice:
-        bench.set_priority(args.nice)
+        host.set_priority(args.nice)
     workdir = args.workdir or tempfile.mkdtemp(prefix="proxy-profile.")
     os.makedirs(f"{workdir}/logs", exist_ok=True)
     os.chmod(workdir, 0o755)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     outdir = os.path.join(HERE, "results", "raw", f"profile-{stamp}-{tool}")
     os.makedirs(outdir, exist_ok=True)
-    procs = bench.Procs(workdir)
+    procs = peers.Procs(workdir)
     try:
-        bench.make_cert(workdir)
-        backend_port = bench.start_backend(procs, workdir)
+        peers.make_cert(workdir)
+        backend_port = peers.start_backend(procs, workdir)
         fn = perf_profile if tool == "perf" else callgrind_profile
         summary = fn(args, procs, workdir, backend_port, outdir)
     finally:
