@@ -9,8 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
+use tracing::{info, warn};
 
 use crate::cors::{self, CorsArgs};
+use crate::envfile;
 use crate::error::ConfigError;
 
 /// Default address of the HTTPS listener.
@@ -208,17 +210,86 @@ pub struct HealthcheckArgs {
     pub http: bool,
 }
 
-/// Parses the command line with the env file and environment folded in.
+/// Where a setting's value came from (a setting not listed came from its default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Flag,
+    Environment,
+    EnvFile,
+}
+
+impl Source {
+    /// How the start-up log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Flag => "flag",
+            Source::Environment => "environment",
+            Source::EnvFile => "env file",
+        }
+    }
+}
+
+/// What reading the configuration found besides the settings: the env file read, where each
+/// setting came from, and keys in the env file that look like a misspelt setting.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    pub env_file: Option<PathBuf>,
+    /// Env names of the settings set by something other than their default, with their source.
+    pub sources: Vec<(String, Source)>,
+    pub warnings: Vec<String>,
+}
+
+impl Provenance {
+    /// Logs the warnings, the env file read, and which settings came from where.
+    pub fn log(&self) {
+        for warning in &self.warnings {
+            warn!(%warning, "env file");
+        }
+        let named = |source: Source| {
+            let names: Vec<&str> = self
+                .sources
+                .iter()
+                .filter(|(_, s)| *s == source)
+                .map(|(name, _)| name.as_str())
+                .collect();
+            names.join(",")
+        };
+        let env_file = self
+            .env_file
+            .as_deref()
+            .map_or_else(|| "none".to_owned(), |p| p.display().to_string());
+        info!(
+            %env_file,
+            from_flags = %named(Source::Flag),
+            from_environment = %named(Source::Environment),
+            from_env_file = %named(Source::EnvFile),
+            "settings read (the others have their defaults)"
+        );
+    }
+}
+
+/// Parses the command line with the env file and environment folded in (see [`parse_traced`]).
+pub fn parse(argv: &[OsString], env: &HashMap<String, String>) -> Result<Cli, ConfigError> {
+    parse_traced(argv, env).map(|(cli, _)| cli)
+}
+
+/// Parses the command line with the env file and environment folded in, and says where each
+/// setting came from.
 ///
 /// Precedence is flag > `env` > env file > default: values from the file and the environment are
 /// turned into `--long=value` arguments placed *before* the user's arguments, and
 /// `args_override_self` lets the last occurrence win. Keys that are not the env name of a
-/// top-level setting (the original `.env` has `REDIS_URL`) are ignored. Empty values count as unset.
-pub fn parse(argv: &[OsString], env: &HashMap<String, String>) -> Result<Cli, ConfigError> {
+/// top-level setting (the original `.env` has `REDIS_URL`) are ignored, with a warning when they
+/// are close to one. Empty values count as unset.
+pub fn parse_traced(
+    argv: &[OsString],
+    env: &HashMap<String, String>,
+) -> Result<(Cli, Provenance), ConfigError> {
     let command = Cli::command();
     // First pass over the user's own arguments only: it finds `--env-file` (and reports usage
     // errors, `--help` and `--version` exactly as the user typed them).
-    let first = Cli::from_arg_matches(&command.clone().try_get_matches_from(argv)?)?;
+    let first_matches = command.clone().try_get_matches_from(argv)?;
+    let first = Cli::from_arg_matches(&first_matches)?;
     let (env_path, named) = match first.proxy.env_file.clone() {
         Some(path) => (path, true),
         None => match env.get("PROXY_ENV_FILE").filter(|v| !v.is_empty()) {
@@ -226,54 +297,76 @@ pub fn parse(argv: &[OsString], env: &HashMap<String, String>) -> Result<Cli, Co
             None => (PathBuf::from(DEFAULT_ENV_FILE), false),
         },
     };
-    let file_vars = read_env_file(&env_path, named)?;
+    let file = envfile::read(&env_path, named)?;
+    let file_vars = file.as_ref().map_or(&[][..], |f| f.vars.as_slice());
 
-    let longs: HashMap<String, String> = command
+    // (env name, long flag, clap id) of every top-level setting.
+    let settings: Vec<(String, String, String)> = command
         .get_arguments()
         .filter_map(|arg| {
             let env = arg.get_env()?.to_str()?;
             let long = arg.get_long()?;
-            (long != "env-file").then(|| (env.to_owned(), long.to_owned()))
+            (long != "env-file")
+                .then(|| (env.to_owned(), long.to_owned(), arg.get_id().to_string()))
         })
         .collect();
+    let longs: HashMap<&str, &str> = settings
+        .iter()
+        .map(|(env, long, _)| (env.as_str(), long.as_str()))
+        .collect();
 
+    let mut provenance = Provenance {
+        env_file: file.as_ref().map(|f| f.path.clone()),
+        ..Provenance::default()
+    };
+    if let Some(file) = &file {
+        let known = known_env_names(&command);
+        provenance
+            .warnings
+            .extend(envfile::misspelt_keys(file, &known));
+    }
     let mut full: Vec<OsString> = Vec::with_capacity(argv.len() + longs.len());
     full.push(argv.first().cloned().unwrap_or_else(|| "proxy".into()));
     let from_file = file_vars
         .iter()
-        .map(|(key, value)| (key, value))
-        .filter(|(key, _)| env.get(key.as_str()).is_none_or(|v| v.is_empty()));
-    for (key, value) in from_file.chain(env.iter()) {
+        .filter(|(key, _)| env.get(key.as_str()).is_none_or(|v| v.is_empty()))
+        .map(|(key, value)| (key, value, Source::EnvFile));
+    let from_env = env
+        .iter()
+        .map(|(key, value)| (key, value, Source::Environment));
+    let mut sources: HashMap<&str, Source> = HashMap::new();
+    for (key, value, source) in from_file.chain(from_env) {
         if let (Some(long), false) = (longs.get(key.as_str()), value.is_empty()) {
             full.push(format!("--{long}={value}").into());
+            sources.insert(key.as_str(), source);
         }
     }
+    for (env_name, _, id) in &settings {
+        if first_matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            sources.insert(env_name.as_str(), Source::Flag);
+        }
+    }
+    provenance.sources = settings
+        .iter()
+        .filter_map(|(env_name, _, _)| Some((env_name.clone(), *sources.get(env_name.as_str())?)))
+        .collect();
     full.extend(argv.iter().skip(1).cloned());
-    Ok(Cli::from_arg_matches(&command.try_get_matches_from(full)?)?)
+    let cli = Cli::from_arg_matches(&command.try_get_matches_from(full)?)?;
+    Ok((cli, provenance))
 }
 
-fn read_env_file(path: &PathBuf, named: bool) -> Result<Vec<(String, String)>, ConfigError> {
-    let iter = match dotenvy::from_path_iter(path) {
-        Ok(iter) => iter,
-        Err(dotenvy::Error::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return if named {
-                Err(ConfigError::EnvFileMissing { path: path.clone() })
-            } else {
-                Ok(Vec::new())
-            };
-        }
-        Err(source) => {
-            return Err(ConfigError::EnvFile {
-                path: path.clone(),
-                source,
-            })
-        }
-    };
-    iter.collect::<Result<Vec<_>, _>>()
-        .map_err(|source| ConfigError::EnvFile {
-            path: path.clone(),
-            source,
-        })
+/// Every env name a setting of the proxy or of one of its subcommands reads.
+fn known_env_names(command: &clap::Command) -> Vec<String> {
+    let mut names: Vec<String> = command
+        .get_arguments()
+        .filter_map(|arg| Some(arg.get_env()?.to_str()?.to_owned()))
+        .collect();
+    for sub in command.get_subcommands() {
+        names.extend(known_env_names(sub));
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// Parses `250ms`, `10s`, `2m`, `1h` or a bare number of seconds; zero is refused (every phase

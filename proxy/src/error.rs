@@ -94,6 +94,12 @@ pub enum ConfigError {
     Cli(#[from] clap::Error),
     #[error("env file {path}: not found (remove --env-file/PROXY_ENV_FILE or create the file)")]
     EnvFileMissing { path: PathBuf },
+    #[error("env file {path} line {line}: {problem}")]
+    EnvFileLine {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
     #[error("env file {path}: {source}")]
     EnvFile {
         path: PathBuf,

@@ -35,6 +35,7 @@ pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod cors;
+pub mod envfile;
 pub mod error;
 pub mod forward;
 pub mod server;

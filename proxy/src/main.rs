@@ -5,7 +5,7 @@
 use std::ffi::OsString;
 use std::process::ExitCode;
 
-use proxy::cli::{self, Cli, Command};
+use proxy::cli::{self, Cli, Command, Provenance};
 use proxy::config::LogFormat;
 use proxy::error::{ConfigError, StartError, EXIT_CONFIG};
 use proxy::{cmd, cors, signal};
@@ -18,8 +18,8 @@ static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
 
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let cli = match cli::parse(&argv, &signal::process_env()) {
-        Ok(cli) => cli,
+    let (cli, provenance) = match cli::parse_traced(&argv, &signal::process_env()) {
+        Ok(parsed) => parsed,
         Err(ConfigError::Cli(e)) if !e.use_stderr() => {
             // --help and --version
             let _ = e.print();
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
     };
     match &cli.command {
         Some(command) => run_command(command, &cli),
-        None => match serve(&cli, argv) {
+        None => match serve(&cli, &provenance, argv) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("proxy: {e}");
@@ -81,11 +81,12 @@ fn run_command(command: &Command, cli: &Cli) -> ExitCode {
 }
 
 /// Assembles the proxy, binds its listeners and serves until SIGTERM/SIGINT.
-fn serve(cli: &Cli, argv: Vec<OsString>) -> Result<(), StartError> {
+fn serve(cli: &Cli, provenance: &Provenance, argv: Vec<OsString>) -> Result<(), StartError> {
     let assembled = proxy::build(cli)?;
     // Held until `serve` returns: dropping it flushes every queued log line (the shutdown
     // summary included) before the process exits.
     let _log_guard = init_tracing(assembled.proxy.fixed().log_format);
+    provenance.log();
     let runtime = runtime().map_err(StartError::Runtime)?;
     runtime.block_on(async move {
         // Signal handlers first: from here on no signal gets its default action (SIGHUP's would

@@ -160,6 +160,17 @@ struct Running {
     addr: std::net::SocketAddr,
     /// The plain-HTTP redirect listener's address.
     redirect: std::net::SocketAddr,
+    /// The log lines written before both listeners were up.
+    startup: Vec<serde_json::Value>,
+}
+
+impl Running {
+    /// The start-up log line with this message.
+    fn startup_line(&self, message: &str) -> Option<&serde_json::Value> {
+        self.startup
+            .iter()
+            .find(|line| line["fields"]["message"] == message)
+    }
 }
 
 async fn spawn_proxy(dir: &Path, env: &[(&str, &str)]) -> Running {
@@ -177,12 +188,14 @@ async fn spawn_proxy(dir: &Path, env: &[(&str, &str)]) -> Running {
         .spawn()
         .expect("spawn proxy");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (addr, redirect) = tokio::time::timeout(Duration::from_secs(30), async {
+    let (addr, redirect, startup) = tokio::time::timeout(Duration::from_secs(30), async {
         let (mut https, mut http) = (None, None);
+        let mut startup = Vec::new();
         while let Some(line) = lines.next_line().await.unwrap() {
             let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
+            startup.push(json.clone());
             let addr = || json["fields"]["addr"].as_str().unwrap().parse().unwrap();
             if json["fields"]["message"] == "listening (https)" {
                 https = Some(addr());
@@ -190,7 +203,7 @@ async fn spawn_proxy(dir: &Path, env: &[(&str, &str)]) -> Running {
                 http = Some(addr());
             }
             if let (Some(https), Some(http)) = (https, http) {
-                return (https, http);
+                return (https, http, startup);
             }
         }
         panic!("the proxy exited before listening");
@@ -203,6 +216,7 @@ async fn spawn_proxy(dir: &Path, env: &[(&str, &str)]) -> Running {
         child,
         addr,
         redirect,
+        startup,
     }
 }
 
@@ -310,4 +324,71 @@ async fn process_reads_env_file_reloads_on_sighup_and_exits_cleanly_on_sigterm()
         .expect("the proxy exits after SIGTERM")
         .unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn start_up_log_names_the_env_file_the_sources_and_misspelt_keys() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let dir = common::temp_dir("provenance");
+    std::fs::write(
+        dir.join(".env"),
+        format!(
+            "# the original app's keys beside ours\nSQLALCHEMY_DATABASE_URL = \"sqlite:///./sql_app.db\"\n\
+             REDIS_URL = \"redis://localhost:6379\"\nPROXY_UPSTREAM=http://{}\nTLS_CERT_FILE={}\n\
+             TLS_KEY_FILE={}\nALLOW_CREDENTAILS=true\nallow_origins=http://localhost\n",
+            upstream.addr,
+            pki.cert_path.display(),
+            pki.key_path.display()
+        ),
+    )
+    .unwrap();
+    let running = spawn_proxy(&dir, &[("MAX_AGE", "60")]).await;
+    let warnings: Vec<&str> = running
+        .startup
+        .iter()
+        .filter(|line| line["fields"]["message"] == "env file")
+        .filter_map(|line| line["fields"]["warning"].as_str())
+        .collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[0].contains(
+            "ALLOW_CREDENTAILS is not a setting and is ignored; did you mean ALLOW_CREDENTIALS?"
+        ),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[1].contains("did you mean ALLOW_ORIGINS?"),
+        "{warnings:?}"
+    );
+    let read = running
+        .startup_line("settings read (the others have their defaults)")
+        .expect("the settings' sources are logged");
+    let fields = &read["fields"];
+    assert!(
+        fields["env_file"].as_str().unwrap().ends_with(".env"),
+        "{fields}"
+    );
+    let list = |name: &str| -> Vec<String> {
+        let value = fields[name].as_str().unwrap_or_default();
+        value
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        list("from_env_file"),
+        ["PROXY_UPSTREAM", "TLS_CERT_FILE", "TLS_KEY_FILE"]
+    );
+    let from_env = list("from_environment");
+    for name in [
+        "MAX_AGE",
+        "PROXY_LISTEN",
+        "LOG_FORMAT",
+        "PROXY_REDIRECT_HTTP",
+    ] {
+        assert!(from_env.iter().any(|n| n == name), "{name}: {from_env:?}");
+    }
+    assert!(list("from_flags").is_empty(), "{fields}");
 }

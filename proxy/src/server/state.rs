@@ -75,13 +75,16 @@ impl Proxy {
         argv: &[OsString],
         env: &HashMap<String, String>,
     ) -> Result<(), ReloadError> {
-        let cli = cli::parse(argv, env)?;
+        let (cli, provenance) = cli::parse_traced(argv, env)?;
         let (settings, warnings) = Settings::from_args(&cli.proxy, &cli.cors)?;
         if let Some(reload_certs) = &self.cert_reloader {
             reload_certs().map_err(ReloadError::Tls)?;
         }
         for warning in warnings {
             warn!(%warning, "CORS configuration");
+        }
+        for warning in provenance.warnings {
+            warn!(%warning, "env file");
         }
         if settings.fixed != self.fixed {
             warn!("only the upstream, the CORS policy and the certificates reload; other changed settings need a restart");
