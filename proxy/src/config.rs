@@ -43,6 +43,14 @@ impl Upstream {
     /// Parses `http://host[:port][/]`; anything else names the problem.
     pub fn parse(value: &str) -> Result<Upstream, ConfigError> {
         const SETTING: &str = "PROXY_UPSTREAM";
+        if !value.contains("://") {
+            let suggestion = format!("http://{}", value.trim().trim_start_matches('/'));
+            return Err(invalid(
+                SETTING,
+                value,
+                format!("the scheme is missing: use {suggestion}"),
+            ));
+        }
         let uri: Uri = value.parse().map_err(|e| {
             invalid(
                 SETTING,
@@ -65,6 +73,13 @@ impl Upstream {
                 SETTING,
                 value,
                 "credentials in the URL are not supported",
+            ));
+        }
+        if authority.port_u16() == Some(0) {
+            return Err(invalid(
+                SETTING,
+                value,
+                "port 0 is not a port the app can listen on: use the app's port, e.g. http://127.0.0.1:8000",
             ));
         }
         if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
@@ -150,6 +165,58 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub upstream_max_idle: usize,
+}
+
+/// A duration as a setting takes it: `500ms`, `10s`, `2m`, `1h`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        ms if ms % 3_600_000 == 0 && ms > 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// The timeouts as the settings a user would type.
+impl std::fmt::Display for Timeouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let settings = [
+            ("PROXY_TLS_HANDSHAKE_TIMEOUT", self.tls_handshake),
+            ("PROXY_HEADER_READ_TIMEOUT", self.header_read),
+            ("PROXY_CLIENT_IDLE_TIMEOUT", self.client_idle),
+            ("PROXY_UPSTREAM_CONNECT_TIMEOUT", self.upstream_connect),
+            ("PROXY_UPSTREAM_RESPONSE_TIMEOUT", self.upstream_response),
+            ("PROXY_UPSTREAM_IDLE_TIMEOUT", self.upstream_idle),
+            ("PROXY_SHUTDOWN_GRACE", self.shutdown_grace),
+            ("PROXY_CERT_WATCH_INTERVAL", self.cert_watch_interval),
+        ];
+        for (i, (name, value)) in settings.into_iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{name}={}", format_duration(value))?;
+        }
+        Ok(())
+    }
+}
+
+/// The limits as the settings a user would type.
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PROXY_MAX_CONNECTIONS={} PROXY_MAX_HEADER_BYTES={} PROXY_MAX_HEADERS={} PROXY_UPSTREAM_MAX_IDLE={}",
+            self.max_connections, self.max_header_bytes, self.max_headers, self.upstream_max_idle
+        )
+    }
+}
+
+/// The trusted proxy networks as `PROXY_TRUSTED_PROXIES` takes them.
+pub fn format_cidrs(cidrs: &[Cidr]) -> String {
+    let parts: Vec<String> = cidrs
+        .iter()
+        .map(|c| format!("{}/{}", c.addr, c.prefix))
+        .collect();
+    parts.join(",")
 }
 
 /// The validated settings of the proxy.
@@ -398,6 +465,7 @@ mod tests {
             (&["--upstream", "https://app:8000"], "PROXY_UPSTREAM"),
             (&["--upstream", "http://app:8000/api"], "PROXY_UPSTREAM"),
             (&["--upstream", "app:8000"], "PROXY_UPSTREAM"),
+            (&["--upstream", "http://127.0.0.1:0"], "PROXY_UPSTREAM"),
             (
                 &["--tls-handshake-timeout", "0"],
                 "PROXY_TLS_HANDSHAKE_TIMEOUT",
@@ -460,6 +528,55 @@ mod tests {
         }
         let err = parse(&argv(&["--max-headers", "many"]), &env(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::Cli(_)), "{err}");
+    }
+
+    #[test]
+    fn settings_print_as_they_are_typed() {
+        let cases = [
+            (Duration::from_millis(250), "250ms"),
+            (Duration::from_secs(10), "10s"),
+            (Duration::from_secs(120), "2m"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(7200), "2h"),
+        ];
+        for (d, text) in cases {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Some(d), "{text} reads back");
+        }
+        let cli = parse(&argv(&["--env-file", "/dev/null"]), &env(&[])).unwrap();
+        let fixed = FixedSettings::from_args(&cli.proxy).unwrap();
+        let timeouts = fixed.timeouts.to_string();
+        assert!(
+            timeouts.starts_with("PROXY_TLS_HANDSHAKE_TIMEOUT=10s PROXY_HEADER_READ_TIMEOUT=30s"),
+            "{timeouts}"
+        );
+        assert!(fixed.limits.to_string().contains("PROXY_MAX_HEADERS=100"));
+        let nets = [
+            Cidr::parse("10.0.0.0/8").unwrap(),
+            Cidr::parse("::1").unwrap(),
+        ];
+        assert_eq!(format_cidrs(&nets), "10.0.0.0/8,::1/128");
+    }
+
+    #[test]
+    fn upstream_errors_show_the_fix() {
+        let cases = [
+            (
+                "localhost:8000",
+                "the scheme is missing: use http://localhost:8000",
+            ),
+            ("127.0.0.1:5000", "use http://127.0.0.1:5000"),
+            ("http://127.0.0.1:0", "port 0"),
+            ("https://app:8000", "plain http://"),
+        ];
+        for (value, message) in cases {
+            let err = Upstream::parse(value).unwrap_err().to_string();
+            assert!(err.contains(message), "{value}: {err}");
+        }
+        assert_eq!(
+            Upstream::parse("http://app:8000/").unwrap().to_string(),
+            "http://app:8000"
+        );
     }
 
     #[test]

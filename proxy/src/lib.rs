@@ -110,9 +110,9 @@ impl Assembled {
         let reloadable = proxy.reloadable();
         info!(
             upstream = %reloadable.upstream,
-            timeouts = ?fixed.timeouts,
-            limits = ?fixed.limits,
-            trusted_proxies = ?fixed.trusted_proxies,
+            timeouts = %fixed.timeouts,
+            limits = %fixed.limits,
+            trusted_proxies = %config::format_cidrs(&fixed.trusted_proxies),
             cors = %reloadable.cors,
             hsts = fixed.hsts.is_some(),
             "configuration"

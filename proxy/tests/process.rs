@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{collect, get, h1, TestPki, TestUpstream};
+use common::{collect, get, h1, h2, TestPki, TestUpstream};
 use http::StatusCode;
 use http_body_util::Empty;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -162,9 +162,29 @@ struct Running {
     redirect: std::net::SocketAddr,
     /// The log lines written before both listeners were up.
     startup: Vec<serde_json::Value>,
+    /// The log lines written since.
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Running {
+    /// The next access-log line, as JSON fields.
+    async fn next_access_line(&mut self) -> serde_json::Value {
+        let wait = async {
+            while let Some(line) = self.log.recv().await {
+                let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                if json["target"] == "access" {
+                    return json["fields"].clone();
+                }
+            }
+            panic!("the proxy exited before logging the request");
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("an access-log line")
+    }
+
     /// The start-up log line with this message.
     fn startup_line(&self, message: &str) -> Option<&serde_json::Value> {
         self.startup
@@ -210,13 +230,19 @@ async fn spawn_proxy(dir: &Path, env: &[(&str, &str)]) -> Running {
     })
     .await
     .expect("the proxy reports its addresses");
-    // Keep draining stdout so the proxy never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // Keep draining stdout so the proxy never blocks on a full pipe; the lines go to `log`.
+    let (tx, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
     Running {
         child,
         addr,
         redirect,
         startup,
+        log,
     }
 }
 
@@ -391,4 +417,47 @@ async fn start_up_log_names_the_env_file_the_sources_and_misspelt_keys() {
         assert!(from_env.iter().any(|n| n == name), "{name}: {from_env:?}");
     }
     assert!(list("from_flags").is_empty(), "{fields}");
+}
+
+#[tokio::test]
+async fn access_log_lines_carry_the_connection_and_round_durations() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let dir = common::temp_dir("access-log");
+    let upstream_url = format!("http://{}", upstream.addr);
+    let (cert, key) = (
+        pki.cert_path.display().to_string(),
+        pki.key_path.display().to_string(),
+    );
+    let mut running = spawn_proxy(
+        &dir,
+        &[
+            ("PROXY_UPSTREAM", upstream_url.as_str()),
+            ("TLS_CERT_FILE", cert.as_str()),
+            ("TLS_KEY_FILE", key.as_str()),
+        ],
+    )
+    .await;
+    let mut http1 = h1::<Empty<Bytes>>(&pki, running.addr).await;
+    let (status, _, _) = collect(http1.send_request(get("/one")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let one = running.next_access_line().await;
+    let mut http2 = h2::<Empty<Bytes>>(&pki, running.addr).await;
+    let (status, _, _) = collect(http2.send_request(get("/two")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    let two = running.next_access_line().await;
+    for (line, path, protocol) in [(&one, "/one", "http/1.1"), (&two, "/two", "h2")] {
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["protocol"], protocol, "{line}");
+        assert_eq!(line["tls"], "TLSv1_3", "{line}");
+        assert!(
+            line["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        for field in ["upstream_ms", "total_ms"] {
+            let text = line[field].to_string();
+            let decimals = text.split_once('.').map_or(0, |(_, d)| d.len());
+            assert!(decimals <= 3, "{field}={text}");
+        }
+    }
 }

@@ -34,6 +34,10 @@ pub(crate) struct ClientConn {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) peer_addr: SocketAddr,
     pub(crate) peer: Peer,
+    /// The TLS version the handshake agreed on, as rustls names it (`TLSv1_3`).
+    pub(crate) tls_version: &'static str,
+    /// The HTTP protocol ALPN agreed on (`h2`, or `http/1.1` also without ALPN).
+    pub(crate) protocol: &'static str,
     /// Requests whose response has not finished; the idle timer runs only at zero.
     in_flight: AtomicUsize,
     /// Requests whose response has finished.
@@ -56,9 +60,16 @@ pub(crate) struct ClientConn {
 
 impl ClientConn {
     /// The state of a connection from `peer_addr` whose TLS handshake has just completed.
-    pub(super) fn new(proxy: Arc<Proxy>, peer_addr: SocketAddr) -> ClientConn {
+    pub(super) fn new(
+        proxy: Arc<Proxy>,
+        peer_addr: SocketAddr,
+        tls_version: &'static str,
+        protocol: &'static str,
+    ) -> ClientConn {
         ClientConn {
             peer: Peer::new(peer_addr.ip(), &proxy.fixed.trusted_proxies),
+            tls_version,
+            protocol,
             proxy,
             peer_addr,
             in_flight: AtomicUsize::new(0),

@@ -49,15 +49,22 @@ impl Drop for AccessLog {
         info!(
             target: "access",
             peer = %self.conn.peer_addr,
+            tls = self.conn.tls_version,
+            protocol = self.conn.protocol,
             method = %self.method,
             path = self.uri.path(),
             status = self.status.as_u16(),
             bytes = self.bytes,
-            upstream_ms = self.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-            total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            upstream_ms = self.upstream_time.map(millis),
+            total_ms = millis(self.start.elapsed()),
             "request"
         );
     }
+}
+
+/// Milliseconds to the microsecond, as the access log writes durations.
+fn millis(d: Duration) -> f64 {
+    d.as_micros() as f64 / 1000.0
 }
 
 impl Body for ProxyBody {

@@ -125,6 +125,16 @@ enum Protocol {
     Http2,
 }
 
+impl Protocol {
+    /// The ALPN name of the protocol.
+    fn name(&self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http/1.1",
+            Protocol::Http2 => "h2",
+        }
+    }
+}
+
 async fn serve_connection(
     tcp: TcpStream,
     peer_addr: SocketAddr,
@@ -149,7 +159,7 @@ async fn serve_connection(
             return;
         }
     };
-    let protocol = {
+    let (protocol, tls_version) = {
         let (_, session) = tls.get_ref();
         let span = tracing::Span::current();
         if let Some(version) = session.protocol_version() {
@@ -158,13 +168,23 @@ async fn serve_connection(
         if let Some(alpn) = session.alpn_protocol() {
             span.record("alpn", String::from_utf8_lossy(alpn).as_ref());
         }
-        match session.alpn_protocol() {
+        let protocol = match session.alpn_protocol() {
             Some(b"h2") => Protocol::Http2,
             _ => Protocol::Http1,
-        }
+        };
+        let version = session
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown");
+        (protocol, version)
     };
 
-    let conn = Arc::new(ClientConn::new(proxy, peer_addr));
+    let conn = Arc::new(ClientConn::new(
+        proxy,
+        peer_addr,
+        tls_version,
+        protocol.name(),
+    ));
     match protocol {
         Protocol::Http2 => {
             let service = {
