@@ -148,7 +148,23 @@ async fn serve_connection(
         debug!(error = %e, "TCP_NODELAY failed");
     }
     let timeouts = proxy.fixed.timeouts;
-    let tls = match tokio::time::timeout(timeouts.tls_handshake, acceptor.accept(tcp)).await {
+    // A browser or curl pointed at http:// on this port: answer in its own protocol rather than
+    // let the TLS handshake fail into an unreadable error.
+    let handshake_deadline = Instant::now() + timeouts.tls_handshake;
+    let mut first = [0u8; 1];
+    if let Ok(Ok(1)) = tokio::time::timeout_at(handshake_deadline, tcp.peek(&mut first)).await {
+        if redirect::is_plain_http(first[0]) {
+            let port = proxy.fixed.redirect_https_port.unwrap_or_else(|| {
+                tcp.local_addr()
+                    .map_or(proxy.fixed.listen.port(), |a| a.port())
+            });
+            let redirect_on = proxy.fixed.redirect_http.is_some();
+            redirect::answer_plain_http(tcp, port, redirect_on, timeouts.header_read).await;
+            drop(permit);
+            return;
+        }
+    }
+    let tls = match tokio::time::timeout_at(handshake_deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(phase = "tls_handshake", error = %e, "TLS handshake failed");

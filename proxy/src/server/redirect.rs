@@ -1,5 +1,6 @@
-//! The optional plain-HTTP listener: every request gets `308 Permanent Redirect` to the same host
-//! and path on https.
+//! Plain HTTP: the optional plain-HTTP listener, where every request gets `308 Permanent Redirect`
+//! to the same host and path on https, and plain-HTTP requests that reach the HTTPS port, which
+//! get that redirect too when the listener is on, or else a 400 saying to use https.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,24 +48,80 @@ pub async fn serve_redirect(
     }
 }
 
-/// The redirect for one plain-HTTP request (400 without a usable `Host`).
-pub fn redirect<B>(req: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
+/// The first byte of every TLS connection: a handshake record (RFC 8446 §5.1).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether a connection whose first byte is `first` speaks plain HTTP/1 rather than TLS (a request
+/// line starts with an upper-case method name).
+pub(super) fn is_plain_http(first: u8) -> bool {
+    first != TLS_HANDSHAKE_RECORD && first.is_ascii_uppercase()
+}
+
+/// Answers a plain-HTTP connection to the HTTPS port: with `redirect`, the same 308 as the
+/// redirect listener; otherwise a 400 whose body says to use https. The connection is closed after
+/// the answer.
+pub(super) async fn answer_plain_http(
+    tcp: tokio::net::TcpStream,
+    https_port: u16,
+    redirect_on: bool,
+    header_read_timeout: Duration,
+) {
+    info!("plain HTTP on the HTTPS port; answering in plain HTTP (use https://)");
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(false);
+    let service = service_fn(move |req: Request<hyper::body::Incoming>| async move {
+        let response = if redirect_on {
+            redirect(&req, https_port)
+        } else {
+            use_https(&req, https_port)
+        };
+        Ok::<_, Infallible>(response)
+    });
+    if let Err(e) = builder.serve_connection(TokioIo::new(tcp), service).await {
+        debug!(error = %e, "plain-HTTP connection on the HTTPS port failed");
+    }
+}
+
+/// The 400 for a plain-HTTP request on the HTTPS port: the https URL to use instead.
+fn use_https<B>(req: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
+    let body = match https_location(req, https_port) {
+        Some(location) => format!("400 Bad Request: this port speaks HTTPS only; use {location}\n"),
+        None => "400 Bad Request: this port speaks HTTPS only; use https://\n".to_owned(),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::BAD_REQUEST;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// `https://host[:port]/path?query` for `req`, or `None` without a usable `Host`.
+fn https_location<B>(req: &Request<B>, https_port: u16) -> Option<String> {
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok());
-    let Some(host) = host else {
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())?;
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    Some(if https_port == 443 {
+        format!("https://{}{path}", host.host())
+    } else {
+        format!("https://{}:{https_port}{path}", host.host())
+    })
+}
+
+/// The redirect for one plain-HTTP request (400 without a usable `Host`).
+pub fn redirect<B>(req: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
+    let Some(location) = https_location(req, https_port) else {
         let mut response =
             Response::new(Full::new(Bytes::from_static(b"400 Bad Request: no Host\n")));
         *response.status_mut() = StatusCode::BAD_REQUEST;
         return response;
-    };
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let location = if https_port == 443 {
-        format!("https://{}{path}", host.host())
-    } else {
-        format!("https://{}:{https_port}{path}", host.host())
     };
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
@@ -83,6 +140,20 @@ pub fn redirect<B>(req: &Request<B>, https_port: u16) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_is_told_from_tls_by_its_first_byte() {
+        for (first, plain) in [
+            (0x16, false),
+            (b'G', true),
+            (b'P', true),
+            (b'O', true),
+            (0x80, false),
+            (b'g', false),
+        ] {
+            assert_eq!(is_plain_http(first), plain, "{first:#x}");
+        }
+    }
 
     #[test]
     fn redirect_locations() {
