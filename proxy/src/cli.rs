@@ -19,9 +19,10 @@ use crate::error::ConfigError;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8443";
 /// Default plain-HTTP upstream (the app on loopback).
 pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:8000";
-/// Default certificate chain file (the original app's layout).
+/// Certificate chain used when none is configured and it exists (the original app's layout,
+/// relative to the working directory); else the development certificate in the data directory.
 pub const DEFAULT_TLS_CERT: &str = "cert/cert.pem";
-/// Default private key file.
+/// The private key that goes with [`DEFAULT_TLS_CERT`].
 pub const DEFAULT_TLS_KEY: &str = "cert/key.pem";
 /// Default env file, read from the working directory; a missing default file is fine.
 pub const DEFAULT_ENV_FILE: &str = ".env";
@@ -107,11 +108,19 @@ pub struct ProxyArgs {
     #[arg(long, env = "PROXY_UPSTREAM", value_name = "URL", default_value = DEFAULT_UPSTREAM)]
     pub upstream: String,
     /// Certificate chain (PEM).
-    #[arg(long, env = "TLS_CERT_FILE", value_name = "PATH", default_value = DEFAULT_TLS_CERT)]
-    pub tls_cert: PathBuf,
+    /// [default: cert/cert.pem if it exists, else a development certificate the proxy keeps in
+    /// its data directory]
+    #[arg(long, env = "TLS_CERT_FILE", value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
     /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, env = "TLS_KEY_FILE", value_name = "PATH", default_value = DEFAULT_TLS_KEY)]
-    pub tls_key: PathBuf,
+    /// [default: cert/key.pem with cert/cert.pem, else the development key]
+    #[arg(long, env = "TLS_KEY_FILE", value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// Directory for the proxy's own files: the local CA that issues development certificates,
+    /// and the development certificate itself [default: $XDG_DATA_HOME/proxy, else
+    /// ~/.local/share/proxy]
+    #[arg(long, env = "PROXY_DATA_DIR", value_name = "DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(
         long,

@@ -237,8 +237,10 @@ pub struct ReloadableSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FixedSettings {
     pub listen: SocketAddr,
-    pub tls_cert: PathBuf,
-    pub tls_key: PathBuf,
+    /// The certificate files, when configured (`None`: see [`crate::build`]).
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Where the local CA and the development certificate are kept, when set.
+    pub data_dir: Option<PathBuf>,
     pub log_format: LogFormat,
     /// The precomputed `Strict-Transport-Security` value, when enabled.
     pub hsts: Option<HeaderValue>,
@@ -273,6 +275,30 @@ impl Settings {
 impl FixedSettings {
     fn from_args(args: &ProxyArgs) -> Result<FixedSettings, ConfigError> {
         let listen = parse_addr("PROXY_LISTEN", &args.listen)?;
+        let tls_files = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(cert), None) => {
+                return Err(invalid(
+                    "TLS_KEY_FILE",
+                    "",
+                    format!(
+                        "TLS_CERT_FILE is set ({}): set the key that goes with it too",
+                        cert.display()
+                    ),
+                ))
+            }
+            (None, Some(key)) => {
+                return Err(invalid(
+                    "TLS_CERT_FILE",
+                    "",
+                    format!(
+                        "TLS_KEY_FILE is set ({}): set the certificate that goes with it too",
+                        key.display()
+                    ),
+                ))
+            }
+        };
         let redirect_http = args
             .redirect_http
             .as_deref()
@@ -377,8 +403,8 @@ impl FixedSettings {
         }
         Ok(FixedSettings {
             listen,
-            tls_cert: args.tls_cert.clone(),
-            tls_key: args.tls_key.clone(),
+            tls_files,
+            data_dir: args.data_dir.clone(),
             log_format,
             hsts,
             redirect_http,

@@ -158,6 +158,41 @@ impl std::error::Error for ConnectError {
     }
 }
 
+/// Why `proxy cert` (or the proxy's own development certificate) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevCertError {
+    #[error(
+        "refusing to overwrite {path}: pass --force to replace the pair (browsers trusting the \
+         old certificate must then trust the new one)"
+    )]
+    Exists { path: PathBuf },
+    #[error("--name {name:?} is neither a DNS name nor an IP address")]
+    InvalidName { name: String },
+    #[error("cannot generate the certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the local CA key {path} is not usable ({detail}): move the CA's files away to make a new CA (then trust the new one)")]
+    BadCa { path: PathBuf, detail: String },
+    #[error("{dir} holds only one of ca.pem and ca-key.pem: restore the other, or move both away to make a new CA")]
+    HalfCa { dir: PathBuf },
+    #[error("no data directory for the local CA: set PROXY_DATA_DIR (or HOME or XDG_DATA_HOME)")]
+    NoDataDir,
+}
+
 /// Why a reload was refused (the old configuration keeps serving).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -174,6 +209,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("development certificate: {0}")]
+    DevCert(#[from] DevCertError),
     #[error("cannot listen on {addr} ({setting}): {source}")]
     Bind {
         setting: &'static str,

@@ -44,13 +44,15 @@ pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::cli::Cli;
-use crate::config::Settings;
+use crate::cmd::{devcert, localca};
+use crate::config::{FixedSettings, Settings};
 use crate::error::StartError;
 use crate::server::Proxy;
 use crate::tls::CertStore;
@@ -63,6 +65,17 @@ pub struct Assembled {
     pub certs: Arc<CertStore>,
     /// CORS settings that are valid but probably not what was meant, to be logged.
     pub warnings: Vec<String>,
+    /// Set when no certificate is configured and the proxy serves its development certificate.
+    pub development: Option<DevelopmentCert>,
+}
+
+/// The development certificate in use.
+#[derive(Debug, Clone)]
+pub struct DevelopmentCert {
+    /// The local CA that issued it: what a browser must trust.
+    pub ca: PathBuf,
+    /// It was issued at this start (first use, or the last one was near its end).
+    pub issued: bool,
 }
 
 /// Assembles the proxy: validates the settings, builds the CORS policy, loads the certificate
@@ -70,8 +83,9 @@ pub struct Assembled {
 /// port is bound.
 pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
     let (settings, warnings) = Settings::from_args(&cli.proxy, &cli.cors)?;
-    let certs = CertStore::load(&settings.fixed.tls_cert, &settings.fixed.tls_key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let (cert_path, key_path, development) = certificate_files(&settings.fixed)?;
+    let certs =
+        CertStore::load(&cert_path, &key_path).map_err(|e| StartError::Tls(e.to_string()))?;
     let reload_certs = certs.clone();
     let proxy = Proxy::new(settings, tls::server_config(certs.clone())).with_cert_reloader(
         Box::new(move || {
@@ -85,9 +99,31 @@ pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
         proxy: Arc::new(proxy),
         certs,
         warnings,
+        development,
     })
 }
 
+/// The certificate files to serve: the configured ones; else `cert/cert.pem` and `cert/key.pem`
+/// if either exists (a missing other one is then the error to report); else the development
+/// certificate in the data directory, issued from the local CA when missing or nearly expired.
+fn certificate_files(
+    fixed: &FixedSettings,
+) -> Result<(PathBuf, PathBuf, Option<DevelopmentCert>), StartError> {
+    if let Some((cert, key)) = &fixed.tls_files {
+        return Ok((cert.clone(), key.clone(), None));
+    }
+    let (cert, key) = (
+        PathBuf::from(cli::DEFAULT_TLS_CERT),
+        PathBuf::from(cli::DEFAULT_TLS_KEY),
+    );
+    if cert.exists() || key.exists() {
+        return Ok((cert, key, None));
+    }
+    let data_dir = localca::process_data_dir(fixed.data_dir.as_deref())?;
+    let (cert, key, issued) = devcert::default_pair(&data_dir)?;
+    let ca = data_dir.join(localca::CA_CERT_FILE);
+    Ok((cert, key, Some(DevelopmentCert { ca, issued })))
+}
 impl Assembled {
     /// Serves HTTPS on `listener` (and redirects plain HTTP on `redirect`, if given) until
     /// `shutdown` resolves, then drains. Logs the configuration and the certificate first, and
@@ -102,7 +138,17 @@ impl Assembled {
             proxy,
             certs,
             warnings,
+            development,
         } = self;
+        if let Some(dev) = &development {
+            warn!(
+                cert = %certs.cert_path().display(),
+                ca = %dev.ca.display(),
+                issued_now = dev.issued,
+                "no certificate configured (--tls-cert/TLS_CERT_FILE): serving the development \
+                 certificate from the local CA; `proxy cert --trust` makes browsers trust it"
+            );
+        }
         for warning in warnings {
             warn!(%warning, "CORS configuration");
         }

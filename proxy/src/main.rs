@@ -45,7 +45,9 @@ fn main() -> ExitCode {
 /// Runs a helper subcommand to its end.
 fn run_command(command: &Command, cli: &Cli) -> ExitCode {
     match command {
-        Command::Cert(args) => match cmd::devcert::run(args) {
+        Command::Cert(args) => match cmd::localca::process_data_dir(cli.proxy.data_dir.as_deref())
+            .and_then(|data_dir| cmd::devcert::run(args, &data_dir))
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("proxy cert: {e}");

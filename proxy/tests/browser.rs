@@ -335,7 +335,8 @@ impl TestEnv {
     async fn new(name: &'static str) -> TestEnv {
         let dir = TempDir::new(name);
         // The certificate `proxy cert` makes, trusted the way its output tells Chromium users to.
-        let cert = devcert::generate(&[]).expect("generate the dev certificate");
+        let ca = proxy::cmd::localca::LocalCa::generate().expect("a local CA");
+        let cert = devcert::generate(&ca, &[]).expect("generate the dev certificate");
         let (cert_path, key_path) =
             devcert::write_pair(&dir.0.join("cert"), &cert, false).expect("write the dev pair");
         let page = serve_demo_page().await;

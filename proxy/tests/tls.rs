@@ -14,6 +14,7 @@ use base64::Engine as _;
 use proxy::cli::{CertArgs, HealthcheckArgs};
 use proxy::cmd::devcert::{self, DevCertError};
 use proxy::cmd::healthcheck::{self, HealthError};
+use proxy::cmd::localca::LocalCa;
 use proxy::tls::{self, CertStore, TlsError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -683,7 +684,8 @@ fn mode_of(path: &Path) -> u32 {
 #[tokio::test]
 async fn dev_certificate_loads_and_clients_can_pin_or_trust_it() {
     let dir = TempDir::new();
-    let dev = devcert::generate(&["app.test".to_string()]).unwrap();
+    let ca = LocalCa::generate().unwrap();
+    let dev = devcert::generate(&ca, &["app.test".to_string()]).unwrap();
     let (cert, key) = devcert::write_pair(&dir.0, &dev, false).unwrap();
     assert_eq!(mode_of(&key), 0o600);
 
@@ -704,14 +706,14 @@ async fn dev_certificate_loads_and_clients_can_pin_or_trust_it() {
             .as_ref()
     );
     // A wrong pin is refused.
-    let other = devcert::generate(&[]).unwrap();
+    let other = devcert::generate(&ca, &[]).unwrap();
     let err = connect(addr, pinning_client(&other.spki_sha256)).await;
     assert!(err.is_err(), "a wrong pin must not connect");
 
-    // Trusted as a root, as after `update-ca-certificates` or a keychain import.
+    // The local CA trusted as a root, as after `proxy cert --trust` or a keychain import.
     let mut roots = RootCertStore::empty();
     roots
-        .add(CertificateDer::from_pem_slice(dev.cert_pem.as_bytes()).unwrap())
+        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
         .unwrap();
     let trusting = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -724,10 +726,11 @@ async fn dev_certificate_loads_and_clients_can_pin_or_trust_it() {
 #[test]
 fn dev_certificate_is_not_overwritten_without_force() {
     let dir = TempDir::new();
-    let first = devcert::generate(&[]).unwrap();
+    let ca = LocalCa::generate().unwrap();
+    let first = devcert::generate(&ca, &[]).unwrap();
     let (cert, key) = devcert::write_pair(&dir.0, &first, false).unwrap();
 
-    let second = devcert::generate(&[]).unwrap();
+    let second = devcert::generate(&ca, &[]).unwrap();
     let err = devcert::write_pair(&dir.0, &second, false).unwrap_err();
     assert!(matches!(err, DevCertError::Exists { .. }), "{err:?}");
     assert!(err.to_string().contains("--force"), "{err}");
@@ -752,24 +755,25 @@ fn dev_certificate_is_not_overwritten_without_force() {
 fn cert_command_creates_the_directory_and_respects_if_missing() {
     let dir = TempDir::new();
     let out_dir = dir.0.join("nested/cert");
+    let data_dir = dir.0.join("data");
     let args = |force, if_missing| CertArgs {
         out_dir: out_dir.clone(),
         names: vec![],
         force,
         if_missing,
     };
-    devcert::run(&args(false, false)).unwrap();
+    devcert::run(&args(false, false), &data_dir).unwrap();
     let key = std::fs::read_to_string(out_dir.join("key.pem")).unwrap();
-    devcert::run(&args(false, true)).unwrap();
+    devcert::run(&args(false, true), &data_dir).unwrap();
     assert_eq!(
         std::fs::read_to_string(out_dir.join("key.pem")).unwrap(),
         key
     );
     assert!(matches!(
-        devcert::run(&args(false, false)),
+        devcert::run(&args(false, false), &data_dir),
         Err(DevCertError::Exists { .. })
     ));
-    devcert::run(&args(true, false)).unwrap();
+    devcert::run(&args(true, false), &data_dir).unwrap();
     assert_ne!(
         std::fs::read_to_string(out_dir.join("key.pem")).unwrap(),
         key

@@ -1,11 +1,10 @@
-//! `proxy cert`: makes a development certificate (ECDSA P-256, self-signed, for `localhost`,
-//! `127.0.0.1`, `::1` and any extra names), writes it with a key file that is mode 0600 from its
-//! creation, and prints how to trust it, including the SPKI pin for Chromium.
+//! Development certificates: `proxy cert` issues a `localhost` certificate (ECDSA P-256, for
+//! `localhost`, `127.0.0.1`, `::1` and any extra names) from the local CA, writes it with a key
+//! file that is mode 0600 from its creation, and prints how to trust the CA; the proxy itself
+//! keeps one in the data directory for when no certificate is configured.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write as _};
+use std::fs;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,8 +13,11 @@ use rcgen::{
     KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 
+use super::files::{create_dir, write_atomically};
+use super::localca::LocalCa;
 use crate::cli::CertArgs;
-use crate::tls::{civil_from_days, rfc3339, spki_sha256_base64};
+pub use crate::error::DevCertError;
+use crate::tls::{civil_from_days, rfc3339, spki_sha256_base64, CertStore};
 
 /// File name of the certificate inside the output directory.
 pub const CERT_FILE: &str = "cert.pem";
@@ -23,32 +25,19 @@ pub const CERT_FILE: &str = "cert.pem";
 pub const KEY_FILE: &str = "key.pem";
 /// Names every development certificate covers.
 pub const DEFAULT_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "::1"];
-/// Validity of a development certificate. Apple platforms reject server certificates valid for
-/// more than 825 days, and a year keeps the proxy's 14-day expiry warning meaningful.
-pub const VALIDITY: Duration = Duration::from_secs(365 * 24 * 60 * 60);
-
-/// Why `proxy cert` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DevCertError {
-    #[error(
-        "refusing to overwrite {path}: pass --force to replace the pair (browsers trusting the \
-         old certificate must then trust the new one)"
-    )]
-    Exists { path: PathBuf },
-    #[error("--name {name:?} is neither a DNS name nor an IP address")]
-    InvalidName { name: String },
-    #[error("cannot generate the certificate: {0}")]
-    Generate(#[from] rcgen::Error),
-    #[error("cannot create directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
-}
+/// Validity of a development certificate: short, as it is re-issued from the trusted local CA
+/// whenever needed (browsers limit server certificates' lifetimes, and a short one keeps a leaked
+/// key's use short).
+pub const VALIDITY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// A development certificate with less validity left than this is re-issued.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// Where in the data directory the proxy keeps the certificate it serves when none is configured.
+pub const DEFAULT_CERT_DIR: &str = "localhost";
 
 /// A generated pair, in PEM.
 #[derive(Debug, Clone)]
 pub struct DevCert {
-    /// The self-signed certificate.
+    /// The certificate, issued by the local CA.
     pub cert_pem: String,
     /// The private key (PKCS#8).
     pub key_pem: String,
@@ -60,8 +49,8 @@ pub struct DevCert {
     pub not_after: SystemTime,
 }
 
-/// Makes a pair for the default names plus `extra_names` (no I/O).
-pub fn generate(extra_names: &[String]) -> Result<DevCert, DevCertError> {
+/// Issues a pair from `ca` for the default names plus `extra_names` (no I/O).
+pub fn generate(ca: &LocalCa, extra_names: &[String]) -> Result<DevCert, DevCertError> {
     let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|n| n.to_string()).collect();
     for name in extra_names {
         if !is_valid_name(name) {
@@ -88,7 +77,7 @@ pub fn generate(extra_names: &[String]) -> Result<DevCert, DevCertError> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let cert = params.self_signed(&key)?;
+    let cert = ca.sign(params, &key)?;
     Ok(DevCert {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
@@ -115,88 +104,96 @@ pub fn write_pair(
             }
         }
     }
-    fs::create_dir_all(out_dir).map_err(|source| DevCertError::CreateDir {
-        path: out_dir.to_owned(),
-        source,
-    })?;
+    create_dir(out_dir, 0o755)?;
     // Key first: a watcher that sees the new certificate then finds its key already in place.
     write_atomically(&key_path, cert.key_pem.as_bytes(), 0o600)?;
     write_atomically(&cert_path, cert.cert_pem.as_bytes(), 0o644)?;
     Ok((cert_path, key_path))
 }
 
-/// `proxy cert`: generate, write, and print where the files are and how to trust the certificate.
-pub fn run(args: &CertArgs) -> Result<(), DevCertError> {
+/// `proxy cert`: the local CA (made once), a certificate issued from it, and how to trust the CA.
+pub fn run(args: &CertArgs, data_dir: &Path) -> Result<(), DevCertError> {
     let cert_path = args.out_dir.join(CERT_FILE);
     let key_path = args.out_dir.join(KEY_FILE);
-    if args.if_missing && cert_path.exists() && key_path.exists() {
+    if args.if_missing && valid_for(&cert_path, &key_path, RENEW_BEFORE) {
         println!(
-            "{} and {} exist; leaving them as they are",
+            "{} and {} exist and stay valid for more than {} days; leaving them as they are",
             cert_path.display(),
-            key_path.display()
+            key_path.display(),
+            RENEW_BEFORE.as_secs() / 86_400
         );
         return Ok(());
     }
-    let cert = generate(&args.names)?;
-    let (cert_path, key_path) = write_pair(&args.out_dir, &cert, args.force)?;
-    print!("{}", instructions(&cert, &cert_path, &key_path));
+    let (ca, created) = LocalCa::load_or_create(data_dir)?;
+    let cert = generate(&ca, &args.names)?;
+    // --if-missing re-issues a pair that is about to expire.
+    let (cert_path, key_path) = write_pair(&args.out_dir, &cert, args.force || args.if_missing)?;
+    print!(
+        "{}",
+        instructions(&ca, created, &cert, &cert_path, &key_path)
+    );
     Ok(())
 }
 
-/// What `proxy cert` prints after writing the pair.
-pub fn instructions(cert: &DevCert, cert_path: &Path, key_path: &Path) -> String {
-    let c = cert_path.display();
-    let pin = &cert.spki_sha256;
+/// Whether the pair at these paths loads and stays valid for at least `margin`.
+fn valid_for(cert_path: &Path, key_path: &Path, margin: Duration) -> bool {
+    CertStore::load(cert_path, key_path)
+        .is_ok_and(|store| !store.info().expires_within(SystemTime::now(), margin))
+}
+
+/// The certificate the proxy serves when none is configured: kept in `<data dir>/localhost/`,
+/// issued from the local CA the first time and again when it nears its end. Returns the pair's
+/// paths and whether it was issued now.
+pub fn default_pair(data_dir: &Path) -> Result<(PathBuf, PathBuf, bool), DevCertError> {
+    let dir = data_dir.join(DEFAULT_CERT_DIR);
+    let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
+    if valid_for(&cert_path, &key_path, RENEW_BEFORE) {
+        return Ok((cert_path, key_path, false));
+    }
+    let (ca, _) = LocalCa::load_or_create(data_dir)?;
+    let cert = generate(&ca, &[])?;
+    create_dir(&dir, 0o700)?;
+    let (cert_path, key_path) = write_pair(&dir, &cert, true)?;
+    Ok((cert_path, key_path, true))
+}
+
+/// What `proxy cert` prints after writing the pair: where everything is and how to trust the CA.
+pub fn instructions(
+    ca: &LocalCa,
+    ca_created: bool,
+    cert: &DevCert,
+    cert_path: &Path,
+    key_path: &Path,
+) -> String {
+    let ca_path = ca
+        .cert_path
+        .as_deref()
+        .map_or_else(|| "(in memory)".to_owned(), |p| p.display().to_string());
+    let ca_state = if ca_created { "made" } else { "kept" };
     format!(
         "\
 wrote certificate {c}
 wrote private key {k} (mode 0600: never commit it)
 names:   {names}
-expires: {expires}
+expires: {expires} (re-run `proxy cert` to re-issue; the CA stays)
 SPKI sha256 pin: {pin}
+local CA ({ca_state}): {ca_path}
 
-Trust it (development only):
-  Chromium/Chrome, no install: chromium --user-data-dir=/tmp/proxy-dev \\
-      --ignore-certificate-errors-spki-list={pin} https://localhost:8443/
-  Chrome/Chromium on Linux:    certutil -d sql:$HOME/.pki/nssdb -A -t P,, -n proxy-dev -i {c}
-  Firefox:                     open https://localhost:8443/, Advanced, Accept the Risk and Continue
-  macOS (Safari, Chrome):      sudo security add-trusted-cert -d -r trustRoot \\
-      -k /Library/Keychains/System.keychain {c}
-  Debian/Ubuntu (curl etc.):   sudo cp {c} /usr/local/share/ca-certificates/proxy-dev.crt \\
-      && sudo update-ca-certificates
-  curl, one-off:               curl --cacert {c} https://localhost:8443/
+Trust the local CA once, and every certificate it issues is trusted (development only):
+  Linux (system store and Chromium/Firefox):  proxy cert --trust
+  Chrome/Chromium on Linux, by hand:  certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n \"{ca_name}\" -i {ca_path}
+  macOS:    sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {ca_path}
+  Windows:  certutil -addstore -user Root {ca_path}
+  curl, one-off:  curl --cacert {ca_path} https://localhost:8443/
+  Chromium without trusting anything:  --ignore-certificate-errors-spki-list={pin}
 ",
+        c = cert_path.display(),
         k = key_path.display(),
         names = cert.names.join(", "),
         expires = rfc3339(cert.not_after),
+        pin = cert.spki_sha256,
+        ca_name = super::localca::CA_NAME,
     )
-}
-
-fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), DevCertError> {
-    let write_err = |source| DevCertError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    // A leftover from an interrupted run would make `create_new` fail; it holds nothing of value.
-    let _ = fs::remove_file(&tmp);
-    let result = (|| -> io::Result<()> {
-        // The mode applies at creation (and umask can only narrow it), so there is no moment
-        // when the key is readable by others.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(write_err)
 }
 
 /// An IP address, or a DNS name of ASCII letters, digits, `-` and `.` (a leading `*.` allowed).
@@ -254,7 +251,12 @@ mod tests {
 
     #[test]
     fn generate_covers_default_and_extra_names_once() {
-        let cert = generate(&["app.test".into(), "LOCALHOST".into(), "10.1.2.3".into()]).unwrap();
+        let ca = LocalCa::generate().unwrap();
+        let cert = generate(
+            &ca,
+            &["app.test".into(), "LOCALHOST".into(), "10.1.2.3".into()],
+        )
+        .unwrap();
         assert_eq!(
             cert.names,
             ["localhost", "127.0.0.1", "::1", "app.test", "10.1.2.3"]
@@ -269,8 +271,9 @@ mod tests {
 
     #[test]
     fn generate_rejects_bad_names() {
+        let ca = LocalCa::generate().unwrap();
         assert!(matches!(
-            generate(&["not a name".into()]),
+            generate(&ca, &["not a name".into()]),
             Err(DevCertError::InvalidName { .. })
         ));
     }

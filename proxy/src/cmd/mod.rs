@@ -1,6 +1,8 @@
-//! The helper subcommands beside the proxy itself: `proxy cert` (a development certificate) and
-//! `proxy healthcheck` (a container health check). `proxy cors explain` lives with the CORS
+//! The helper subcommands beside the proxy itself: `proxy cert` (a development certificate from
+//! the local CA) and `proxy healthcheck` (a container health check). `proxy cors explain` lives with the CORS
 //! engine it explains.
 
 pub mod devcert;
+mod files;
 pub mod healthcheck;
+pub mod localca;
