@@ -1,4 +1,4 @@
-//! The proxy's metrics: plain atomic counters owned by [`Metrics`] (one per [`crate::server::Proxy`]),
+//! The proxy's metrics: plain atomic counters owned by [`Metrics`] (one per proxy),
 //! counted on the request path, and encoded in the Prometheus/OpenMetrics text format by
 //! `prometheus-client` only when `/metrics` is scraped ([`encode`]).
 //!

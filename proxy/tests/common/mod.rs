@@ -543,3 +543,46 @@ pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("addr")
 }
+
+/// A proxy with its admin listener, both on 127.0.0.1:0.
+pub async fn start_with_admin(
+    pki: &TestPki,
+    upstream: SocketAddr,
+    extra: &[&str],
+) -> (TestProxy, SocketAddr) {
+    let argv = proxy_argv(pki, upstream, extra);
+    let cli = proxy::cli::parse(&argv, &HashMap::new()).expect("test configuration parses");
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin_addr = admin.local_addr().expect("admin addr");
+    let assembled = proxy::build(&cli)
+        .expect("test proxy assembles")
+        .with_admin(admin);
+    let proxy = assembled.proxy.clone();
+    let store = assembled.certs.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(assembled.serve(listener, None, async move {
+        let _ = stopped.await;
+    }));
+    let test_proxy = TestProxy {
+        addr,
+        proxy,
+        argv,
+        store,
+        stop: Some(stop),
+        task: Some(task),
+    };
+    (test_proxy, admin_addr)
+}
+
+/// `GET path` on a plain-HTTP listener: status and body.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let mut sender = plain_h1(addr).await;
+    let response = sender
+        .send_request(get(path))
+        .await
+        .expect("admin response");
+    let (status, _, body) = collect(response).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
