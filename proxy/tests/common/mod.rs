@@ -151,9 +151,22 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy in front of `upstream`; `extra` are further flags.
     pub async fn start(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> TestProxy {
+        TestProxy::launch(pki, upstream, extra, None).await
+    }
+
+    /// [`TestProxy::start`], serving the admin endpoints on `admin` as well.
+    async fn launch(
+        pki: &TestPki,
+        upstream: SocketAddr,
+        extra: &[&str],
+        admin: Option<TcpListener>,
+    ) -> TestProxy {
         let argv = proxy_argv(pki, upstream, extra);
         let cli = proxy::cli::parse(&argv, &HashMap::new()).expect("test configuration parses");
-        let assembled = proxy::build(&cli).expect("test proxy assembles");
+        let mut assembled = proxy::build(&cli).expect("test proxy assembles");
+        if let Some(admin) = admin {
+            assembled = assembled.with_admin(admin);
+        }
         let proxy = assembled.proxy.clone();
         let store = assembled.certs.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -550,30 +563,10 @@ pub async fn start_with_admin(
     upstream: SocketAddr,
     extra: &[&str],
 ) -> (TestProxy, SocketAddr) {
-    let argv = proxy_argv(pki, upstream, extra);
-    let cli = proxy::cli::parse(&argv, &HashMap::new()).expect("test configuration parses");
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let admin_addr = admin.local_addr().expect("admin addr");
-    let assembled = proxy::build(&cli)
-        .expect("test proxy assembles")
-        .with_admin(admin);
-    let proxy = assembled.proxy.clone();
-    let store = assembled.certs.clone();
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-    let addr = listener.local_addr().expect("proxy addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(assembled.serve(listener, None, async move {
-        let _ = stopped.await;
-    }));
-    let test_proxy = TestProxy {
-        addr,
-        proxy,
-        argv,
-        store,
-        stop: Some(stop),
-        task: Some(task),
-    };
-    (test_proxy, admin_addr)
+    let proxy = TestProxy::launch(pki, upstream, extra, Some(admin)).await;
+    (proxy, admin_addr)
 }
 
 /// `GET path` on a plain-HTTP listener: status and body.
