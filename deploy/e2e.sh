@@ -127,6 +127,17 @@ wait_healthy() { # wait_healthy SERVICE: until the container's health check pass
     dc logs --tail 20 "$1" | sed 's/^/   | /'
     return 1
 }
+wait_health() { # wait_health SERVICE STATUS: until the container's health is STATUS (e.g. unhealthy)
+    local deadline=$((SECONDS + HEALTH_TIMEOUT))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        [ "$(state '{{if .State.Health}}{{.State.Health.Status}}{{end}}' "$1")" = "$2" ] && return 0
+        sleep 1
+    done
+    return 1
+}
+# The admin listener is on the pod's loopback, unpublished, and the image has no shell or curl: the
+# proxy binary itself reads it (`proxy admin-get`, `proxy healthcheck --ready`) via `exec`.
+admin_get() { dc exec -T proxy /proxy admin-get "$1"; }
 wait_status() { # wait_status CODE TIMEOUT URL [CURL ARGS...]: until a request answers CODE
     local want="$1" deadline=$((SECONDS + $2))
     shift 2
@@ -199,7 +210,7 @@ dc up -d proxy >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log"; fatal "compose up fai
 wait_healthy app || fatal "app did not become healthy"
 ok "app healthy (its own health check)"
 wait_healthy proxy || fatal "proxy did not become healthy"
-ok "proxy healthy (proxy healthcheck: TLS handshake, no shell or curl)"
+ok "proxy healthy (proxy healthcheck --ready: the admin listener's /readyz, no shell or curl)"
 proxy_id="$(container proxy)"
 proxy_started="$(state '{{.State.StartedAt}}' proxy)"
 
@@ -276,12 +287,28 @@ else
     echo "   (the engine's processes are not visible here: the listening-address check is skipped)"
 fi
 
+step "the admin listener: metrics and readiness inside the pod, unpublished"
+admin_get /metrics >"$tmp/metrics" 2>&1
+check "proxy admin-get /metrics: requests counted ($(grep -c '^proxy_requests_total' "$tmp/metrics") label sets)" \
+    grep -q '^proxy_requests_total{protocol="h[12]",method="POST",status="2xx"} [1-9]' "$tmp/metrics"
+check "the metrics hold the certificate's expiry and the build" \
+    bash -c "grep -q '^proxy_tls_certificate_expiry_seconds [1-9]' '$tmp/metrics' && grep -q '^proxy_build_info{version=' '$tmp/metrics'"
+check "proxy healthcheck --ready inside the container: ready" dc exec -T proxy /proxy healthcheck --ready
+check "the admin port is not published to the host" bash -c "! curl -s -m 2 http://127.0.0.1:9901/healthz >/dev/null"
+
 step "the app goes down and comes back"
 dc stop app >/dev/null 2>&1
 req -H 'Accept: application/json' "$base/auth/login"
 check "app stopped: the proxy answers 502 ($status: $(head -c 120 "$tmp/body"))" test "$status" = 502
+check "app stopped: the proxy's health check turns unhealthy (readiness)" wait_health proxy unhealthy
+admin_get /readyz >"$tmp/readyz" 2>&1
+check "/readyz names the reason: $(head -c 160 "$tmp/readyz")" grep -q "does not accept connections" "$tmp/readyz"
+admin_get /metrics >"$tmp/metrics" 2>&1
+check "the 502 and the refused upstream connection are counted" \
+    bash -c "grep -q '^proxy_upstream_errors_total{status=\"502\"} [1-9]' '$tmp/metrics' && grep -q '^proxy_upstream_connect_failures_total{cause=\"refused\"} [1-9]' '$tmp/metrics'"
 dc start app >/dev/null 2>&1
 wait_healthy app || fail "app did not become healthy after start"
+check "app started again: the proxy is healthy again" wait_healthy proxy
 check "app started again: the proxy recovers (200 within ${RECOVER_TIMEOUT}s)" wait_status 200 "$RECOVER_TIMEOUT" "$base/auth/login"
 dc restart app >/dev/null 2>&1
 wait_healthy app || fail "app did not become healthy after restart"

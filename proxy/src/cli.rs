@@ -87,6 +87,8 @@ pub enum Command {
     Cert(CertArgs),
     /// Check that the local listener completes a TLS handshake (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Print the admin listener's answer to `GET PATH` (e.g. /metrics), for images without curl.
+    AdminGet(AdminGetArgs),
     /// CORS tools (`proxy cors explain`).
     Cors {
         #[command(subcommand)]
@@ -139,6 +141,10 @@ pub struct ProxyArgs {
     /// HTTPS is published under another port; 443 leaves the port out of the URL.
     #[arg(long, env = "PROXY_REDIRECT_HTTPS_PORT", value_name = "PORT")]
     pub redirect_https_port: Option<String>,
+    /// Serve /healthz, /readyz and /metrics over plain HTTP on this address, e.g. 127.0.0.1:9901
+    /// (off when unset; keep it off the public network, and never on the HTTPS address).
+    #[arg(long, env = "PROXY_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
     /// Comma-separated peer networks (CIDR or address) whose X-Forwarded-*/Forwarded are kept.
     #[arg(long, env = "PROXY_TRUSTED_PROXIES", value_name = "CIDRS")]
     pub trusted_proxies: Option<String>,
@@ -217,6 +223,27 @@ pub struct HealthcheckArgs {
     /// still shows the proxy is alive).
     #[arg(long)]
     pub http: bool,
+    /// Check readiness instead: `GET /readyz` on the admin listener (PROXY_ADMIN_LISTEN) must
+    /// answer 200, so a proxy whose upstream is gone, or that is draining, is unhealthy.
+    #[arg(long, conflicts_with = "http")]
+    pub ready: bool,
+    /// The admin listener's address, read from the same PROXY_ADMIN_LISTEN the proxy uses.
+    #[arg(long, env = "PROXY_ADMIN_LISTEN", hide = true)]
+    pub admin_listen: Option<String>,
+}
+
+/// Arguments of `proxy admin-get`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminGetArgs {
+    /// The path to get: /metrics, /readyz or /healthz.
+    #[arg(value_name = "PATH")]
+    pub path: String,
+    /// The admin listener's address, read from the same PROXY_ADMIN_LISTEN the proxy uses.
+    #[arg(long, env = "PROXY_ADMIN_LISTEN", hide = true)]
+    pub admin_listen: Option<String>,
+    /// Time allowed for the request, e.g. `3s`.
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_HEALTHCHECK_TIMEOUT, value_parser = duration_arg)]
+    pub timeout: Duration,
 }
 
 /// Where a setting's value came from (a setting not listed came from its default).

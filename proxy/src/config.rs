@@ -245,6 +245,8 @@ pub struct FixedSettings {
     /// The precomputed `Strict-Transport-Security` value, when enabled.
     pub hsts: Option<HeaderValue>,
     pub redirect_http: Option<SocketAddr>,
+    /// The plain-HTTP admin listener (health, readiness, metrics), when enabled.
+    pub admin_listen: Option<SocketAddr>,
     /// The port the redirect names; `None`: the port the HTTPS listener is bound to.
     pub redirect_https_port: Option<u16>,
     pub trusted_proxies: Vec<Cidr>,
@@ -330,6 +332,27 @@ impl FixedSettings {
                  (--redirect-http) is not set: set that too, or remove this",
             ));
         }
+        let admin_listen = args
+            .admin_listen
+            .as_deref()
+            .map(|v| parse_addr("PROXY_ADMIN_LISTEN", v))
+            .transpose()?;
+        if let Some(admin) = admin_listen {
+            for (other, addr) in [
+                ("PROXY_LISTEN", Some(listen)),
+                ("PROXY_REDIRECT_HTTP", redirect_http),
+            ] {
+                if addr.is_some_and(|addr| same_socket(admin, addr)) {
+                    return Err(invalid(
+                        "PROXY_ADMIN_LISTEN",
+                        &admin.to_string(),
+                        format!(
+                            "it is the address {other} uses; give the admin listener a port of                              its own on a private address, e.g. 127.0.0.1:9901"
+                        ),
+                    ));
+                }
+            }
+        }
         let log_format = match args.log_format.to_ascii_lowercase().as_str() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -408,12 +431,21 @@ impl FixedSettings {
             log_format,
             hsts,
             redirect_http,
+            admin_listen,
             redirect_https_port,
             trusted_proxies,
             timeouts,
             limits,
         })
     }
+}
+
+/// Whether two listen addresses would take the same socket: the same port on the same address,
+/// or on any address when either is a wildcard (port 0 asks for a free port: never the same).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn parse_addr(setting: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -509,6 +541,18 @@ mod tests {
             (&["--max-header-bytes", "100"], "PROXY_MAX_HEADER_BYTES"),
             (&["--max-connections", "0"], "PROXY_MAX_CONNECTIONS"),
             (&["--redirect-http", ":80"], "PROXY_REDIRECT_HTTP"),
+            (&["--admin-listen", "9901"], "PROXY_ADMIN_LISTEN"),
+            // The public port, on the same or on every address.
+            (&["--admin-listen", "0.0.0.0:8443"], "PROXY_ADMIN_LISTEN"),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:9443",
+                    "--admin-listen",
+                    "127.0.0.1:9443",
+                ],
+                "PROXY_ADMIN_LISTEN",
+            ),
             (
                 &[
                     "--redirect-http",

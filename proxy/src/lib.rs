@@ -23,7 +23,9 @@
 //! [`cli`] reads flags, environment and `.env`; [`config`] validates them into settings;
 //! [`build`] assembles a proxy from them (used by the binary and by the tests); [`signal`] turns
 //! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
-//! subcommands (`proxy cert`, `proxy healthcheck`).
+//! subcommands (`proxy cert`, `proxy healthcheck`). [`metrics`] holds the counters every step
+//! above adds to, which the optional admin listener ([`server::admin`]) serves with liveness and
+//! readiness.
 //!
 //! # Conventions
 //! No `unwrap` or `expect` is reachable from a request. A poisoned lock is used as it is
@@ -38,6 +40,7 @@ pub mod cors;
 pub mod envfile;
 pub mod error;
 pub mod forward;
+pub mod metrics;
 pub mod server;
 pub mod signal;
 pub mod tls;
@@ -65,6 +68,8 @@ pub struct Assembled {
     pub certs: Arc<CertStore>,
     /// CORS settings that are valid but probably not what was meant, to be logged.
     pub warnings: Vec<String>,
+    /// The bound admin listener, served beside the proxy when set ([`Assembled::with_admin`]).
+    pub admin: Option<TcpListener>,
     /// Set when no certificate is configured and the proxy serves its development certificate.
     pub development: Option<DevelopmentCert>,
 }
@@ -95,11 +100,14 @@ pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
                 .map_err(Into::into)
         }),
     );
+    let proxy = Arc::new(proxy);
+    certs.report_to(proxy.metrics().clone());
     Ok(Assembled {
-        proxy: Arc::new(proxy),
+        proxy,
         certs,
         warnings,
         development,
+        admin: None,
     })
 }
 
@@ -125,6 +133,13 @@ fn certificate_files(
     Ok((cert, key, Some(DevelopmentCert { ca, issued })))
 }
 impl Assembled {
+    /// Serves the admin endpoints (health, readiness, metrics) on `listener` as well, from the
+    /// start until the drain has ended.
+    pub fn with_admin(mut self, listener: TcpListener) -> Assembled {
+        self.admin = Some(listener);
+        self
+    }
+
     /// Serves HTTPS on `listener` (and redirects plain HTTP on `redirect`, if given) until
     /// `shutdown` resolves, then drains. Logs the configuration and the certificate first, and
     /// watches the certificate files while serving.
@@ -139,6 +154,7 @@ impl Assembled {
             certs,
             warnings,
             development,
+            admin,
         } = self;
         if let Some(dev) = &development {
             warn!(
@@ -184,8 +200,16 @@ impl Assembled {
                 },
             ));
         }
+        // The admin listener outlives the drain: readiness answers 503 until the end.
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        if let Some(admin) = admin {
+            tokio::spawn(server::serve_admin(admin, proxy.clone(), async move {
+                let _ = admin_stopped.await;
+            }));
+        }
         let result = server::run(listener, proxy, shutdown).await;
         let _ = stop_redirect.send(());
+        let _ = stop_admin.send(());
         result
     }
 }

@@ -59,7 +59,17 @@ fn run_command(command: &Command, cli: &Cli) -> ExitCode {
             // environment or `.env`), unless --addr names another.
             let mut args = args.clone();
             args.listen.get_or_insert_with(|| cli.proxy.listen.clone());
+            if args.admin_listen.is_none() {
+                args.admin_listen = cli.proxy.admin_listen.clone();
+            }
             cmd::healthcheck::run_and_report(&args)
+        }
+        Command::AdminGet(args) => {
+            let mut args = args.clone();
+            if args.admin_listen.is_none() {
+                args.admin_listen = cli.proxy.admin_listen.clone();
+            }
+            cmd::healthcheck::admin_get_and_print(&args)
         }
         Command::Cors {
             command: cors::CorsCommand::Explain(args),
@@ -100,6 +110,10 @@ fn serve(cli: &Cli, provenance: &Provenance, argv: Vec<OsString>) -> Result<(), 
         let redirect = match fixed.redirect_http {
             Some(addr) => Some(bind("PROXY_REDIRECT_HTTP", addr).await?),
             None => None,
+        };
+        let assembled = match fixed.admin_listen {
+            Some(addr) => assembled.with_admin(bind("PROXY_ADMIN_LISTEN", addr).await?),
+            None => assembled,
         };
         signal::reload_on_sighup(hangups, assembled.proxy.clone(), argv);
         assembled

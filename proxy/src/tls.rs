@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -23,6 +23,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use tracing::{error, info, warn};
 use x509_parser::extensions::GeneralName;
+
+use crate::metrics::{Metrics, Reload};
 
 /// A certificate that expires within this window is logged as a warning at start-up and on reload.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
@@ -168,6 +170,8 @@ pub struct CertStore {
     key_path: PathBuf,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<Loaded>,
+    /// Where reloads and the served certificate's expiry are reported, once set.
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl fmt::Debug for CertStore {
@@ -195,7 +199,15 @@ impl CertStore {
             key_path,
             provider,
             current: ArcSwap::from_pointee(loaded),
+            metrics: OnceLock::new(),
         }))
+    }
+
+    /// Reports the certificate in use, and from now on every reload and its outcome, to
+    /// `metrics` (a second call is ignored: one store serves one proxy).
+    pub fn report_to(&self, metrics: Arc<Metrics>) {
+        metrics.certificate(self.info().not_after);
+        let _ = self.metrics.set(metrics);
     }
 
     /// Loads the files again and, only if the new pair is complete and consistent, serves it to new
@@ -210,6 +222,12 @@ impl CertStore {
     /// [`Self::reload`], logging the new certificate or why it was rejected. For SIGHUP handlers.
     pub fn reload_logged(&self, trigger: &'static str) -> Result<CertInfo, TlsError> {
         let result = self.reload();
+        if let Some(metrics) = self.metrics.get() {
+            metrics.reload(Reload::Certificate, result.is_ok());
+            if let Ok(info) = &result {
+                metrics.certificate(info.not_after);
+            }
+        }
         match &result {
             Ok(info) => info.log(trigger),
             Err(e) => error!(

@@ -789,6 +789,8 @@ fn health_args(addr: SocketAddr, http: bool) -> HealthcheckArgs {
         listen: None,
         timeout: Duration::from_millis(1500),
         http,
+        ready: false,
+        admin_listen: None,
     }
 }
 

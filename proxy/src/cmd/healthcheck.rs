@@ -1,5 +1,7 @@
 //! `proxy healthcheck`: a container health check that needs no shell or curl. It connects to the
-//! local TLS listener, requires a completed TLS handshake and, with `--http`, any HTTP response.
+//! local TLS listener, requires a completed TLS handshake and, with `--http`, any HTTP response;
+//! with `--ready` it asks the admin listener's `/readyz` instead (plain HTTP, [`admin_get`], which
+//! `proxy admin-get` also uses to read `/metrics` where there is no curl).
 //!
 //! It checks that this proxy's listener is alive, not who it is, so the certificate chain is not
 //! verified (a dev or private-CA certificate must not make a healthy proxy look dead); the server
@@ -12,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cli::{HealthcheckArgs, DEFAULT_HEALTHCHECK_ADDR};
+use crate::cli::{AdminGetArgs, HealthcheckArgs, DEFAULT_HEALTHCHECK_ADDR};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -38,6 +40,88 @@ pub enum HealthError {
     Handshake { addr: SocketAddr, source: io::Error },
     #[error("no HTTP response from {addr}: {detail}")]
     Http { addr: SocketAddr, detail: String },
+    #[error(
+        "the admin listener is off: set PROXY_ADMIN_LISTEN (--admin-listen), e.g. 127.0.0.1:9901"
+    )]
+    NoAdmin,
+    #[error("{addr} answered {status}: {body}")]
+    Status {
+        addr: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// `addr` with a wildcard IP replaced by loopback (a listen address, as a client reaches it).
+fn loopback(addr: &str) -> String {
+    match addr.parse::<SocketAddr>() {
+        Ok(mut listen) => {
+            if listen.ip().is_unspecified() {
+                listen.set_ip(match listen {
+                    SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                    SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            listen.to_string()
+        }
+        Err(_) => addr.to_owned(),
+    }
+}
+
+/// `GET path` on the plain-HTTP admin listener at `addr` (a listen address: a wildcard means
+/// loopback), within `timeout`: the status and the body.
+pub fn admin_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String), HealthError> {
+    let deadline = Instant::now() + timeout;
+    let (mut tcp, addr) = connect(&loopback(addr), timeout)?;
+    let failed = |source: io::Error| match source.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => HealthError::Timeout {
+            phase: "admin request",
+            addr,
+            timeout,
+        },
+        _ => HealthError::Http {
+            addr,
+            detail: source.to_string(),
+        },
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    set_deadline(&tcp, deadline).map_err(failed)?;
+    tcp.write_all(request.as_bytes()).map_err(failed)?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        set_deadline(&tcp, deadline).map_err(failed)?;
+        match tcp.read(&mut buf).map_err(failed)? {
+            0 => break,
+            n => reply.extend_from_slice(&buf[..n]),
+        }
+    }
+    let reply = String::from_utf8_lossy(&reply);
+    let (head, body) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+    // "HTTP/1.1 200 OK": the second word is the status.
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .filter(|_| head.starts_with("HTTP/1."))
+        .ok_or_else(|| HealthError::Http {
+            addr,
+            detail: format!("unexpected reply {:?}", head.lines().next().unwrap_or("")),
+        })?;
+    Ok((status, body.to_owned()))
+}
+
+/// `--ready`: the admin listener's `/readyz` must answer 200.
+fn ready(args: &HealthcheckArgs) -> Result<(), HealthError> {
+    let admin = args.admin_listen.as_deref().ok_or(HealthError::NoAdmin)?;
+    match admin_get(admin, "/readyz", args.timeout)? {
+        (200, _) => Ok(()),
+        (status, body) => Err(HealthError::Status {
+            addr: loopback(admin),
+            status,
+            body: body.trim().to_owned(),
+        }),
+    }
 }
 
 impl HealthcheckArgs {
@@ -47,17 +131,8 @@ impl HealthcheckArgs {
         if let Some(addr) = &self.addr {
             return addr.clone();
         }
-        match self.listen.as_deref().map(str::parse::<SocketAddr>) {
-            Some(Ok(mut listen)) => {
-                if listen.ip().is_unspecified() {
-                    listen.set_ip(match listen {
-                        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-                        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-                    });
-                }
-                listen.to_string()
-            }
-            Some(Err(_)) => self.listen.clone().unwrap_or_default(),
+        match self.listen.as_deref() {
+            Some(listen) => loopback(listen),
             None => DEFAULT_HEALTHCHECK_ADDR.to_owned(),
         }
     }
@@ -65,6 +140,9 @@ impl HealthcheckArgs {
 
 /// Runs the check once.
 pub fn run(args: &HealthcheckArgs) -> Result<(), HealthError> {
+    if args.ready {
+        return ready(args);
+    }
     let deadline = Instant::now() + args.timeout;
     let (mut tcp, addr) = connect(&args.target(), args.timeout)?;
     let phase_err = |phase: &'static str, source: io::Error| match source.kind() {
@@ -123,10 +201,37 @@ pub fn run(args: &HealthcheckArgs) -> Result<(), HealthError> {
     }
 }
 
+/// `proxy admin-get PATH`: prints the body of `GET PATH` on the admin listener; 0 on a 200,
+/// else 1 (the status and body on stderr).
+pub fn admin_get_and_print(args: &AdminGetArgs) -> ExitCode {
+    let Some(admin) = args.admin_listen.as_deref() else {
+        eprintln!("proxy admin-get: {}", HealthError::NoAdmin);
+        return ExitCode::from(crate::error::EXIT_CONFIG);
+    };
+    match admin_get(admin, &args.path, args.timeout) {
+        Ok((200, body)) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("proxy admin-get: {status}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("proxy admin-get: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// [`run`], then prints one line (`ok: ...` on stdout or `unhealthy: ...` on stderr) and returns
 /// the exit code a container runtime expects: 0 healthy, 1 unhealthy.
 pub fn run_and_report(args: &HealthcheckArgs) -> ExitCode {
     match run(args) {
+        Ok(()) if args.ready => {
+            println!("ok: ready");
+            ExitCode::SUCCESS
+        }
         Ok(()) => {
             println!("ok: {} completed a TLS handshake", args.target());
             ExitCode::SUCCESS
@@ -241,6 +346,8 @@ mod tests {
             listen: listen.map(str::to_owned),
             timeout: Duration::from_secs(1),
             http: false,
+            ready: false,
+            admin_listen: None,
         };
         let cases = [
             (None, None, "127.0.0.1:8443"),

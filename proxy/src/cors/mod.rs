@@ -5,15 +5,15 @@
 //! - `Policy::from_args(&CorsArgs) -> Result<(Policy, Vec<String> /* warnings */), CorsConfigError>`
 //!   validates at start-up and on reload.
 //! - `Policy::check(&self, &RequestInfo) -> Verdict` is the pure decision.
-//! - `evaluate(&Policy, &RequestInfo) -> Verdict` is what the server calls before anything is
-//!   forwarded: `check` plus the rate-limited refusal log and the counters.
+//! - `evaluate(&Policy, &RequestInfo, &Metrics) -> Verdict` is what the server calls before
+//!   anything is forwarded: `check` plus the rate-limited refusal log and the decision counted.
 //! - `Verdict::Respond(resp)`: the proxy sends `resp` itself and never forwards (preflight, refusal).
 //! - `Verdict::Forward(cors)`: the proxy forwards, then calls `cors.apply(resp.headers_mut())` on
 //!   whatever response it sends back (the app's, a redirect, or the proxy's own 502/504).
 //!
 //! Inside: `config` turns settings into a `Policy`, `origin` matches origins, `fetch` holds the
 //! Fetch standard's tables, `decision` is `check`, `response` rewrites response headers,
-//! `refusal_log` rate-limits the refusal log and keeps counters, `explain` serves
+//! `refusal_log` rate-limits the refusal log and counts decisions, `explain` serves
 //! `proxy cors explain`.
 
 pub mod config;
@@ -32,10 +32,11 @@ use std::fmt;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 
+use crate::metrics::Metrics;
+
 pub use config::{CorsArgs, CorsConfigError};
 pub use decision::{Assessment, Grant, Refusal};
 pub use explain::{CorsCommand, ExplainArgs};
-pub use refusal_log::{counters, CorsCounters};
 pub use response::ResponseCors;
 
 /// The parts of a request the policy looks at.
@@ -206,9 +207,10 @@ impl fmt::Display for Policy {
     }
 }
 
-/// The server's entry point: the pure decision plus the rate-limited refusal log and counters.
-pub fn evaluate(policy: &Policy, req: &RequestInfo<'_>) -> Verdict {
+/// The server's entry point: the pure decision plus the rate-limited refusal log, and the
+/// decision counted in `metrics`.
+pub fn evaluate(policy: &Policy, req: &RequestInfo<'_>, metrics: &Metrics) -> Verdict {
     let assessment = policy.assess(req);
-    refusal_log::record(policy, req, &assessment);
+    refusal_log::record(policy, req, &assessment, metrics);
     policy.verdict(assessment, req.wants_json)
 }

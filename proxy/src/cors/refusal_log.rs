@@ -1,8 +1,7 @@
-//! The CORS refusal log and counters: one structured line per refusal (origin, method, requested
-//! headers, path, reason), rate-limited by a token bucket so a flood cannot fill the disk.
-//! Counters are process-wide so that they survive a policy reload.
+//! The CORS refusal log and counts: one structured line per refusal (origin, method, requested
+//! headers, path, reason), rate-limited by a token bucket so a flood cannot fill the disk, and
+//! every decision counted in the proxy's [`Metrics`] (which outlive a policy reload).
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -10,6 +9,7 @@ use http::header::{ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD
 use http::HeaderMap;
 
 use super::{Assessment, CorsMode, Policy, Refusal, RequestInfo};
+use crate::metrics::{CorsOutcome, CorsRefusal, Metrics};
 
 /// Refusal lines that may be written in a burst.
 const REFUSAL_LOG_BURST: f64 = 20.0;
@@ -17,34 +17,6 @@ const REFUSAL_LOG_BURST: f64 = 20.0;
 const REFUSAL_LOG_PER_SECOND: f64 = 2.0;
 /// Longest header value copied into a log line.
 const LOGGED_VALUE_MAX_CHARS: usize = 200;
-
-/// Process-wide CORS counters.
-#[derive(Debug, Default)]
-pub struct CorsCounters {
-    /// Preflights the proxy answered itself (allowed or same-origin).
-    pub preflights_answered: AtomicU64,
-    /// Requests refused with 403.
-    pub refused: AtomicU64,
-    /// Cross-origin requests from a disallowed origin forwarded without CORS headers (`browser`).
-    pub forwarded_without_cors: AtomicU64,
-    /// Requests `enforce` would have refused, forwarded anyway (`shadow`).
-    pub shadow_denials: AtomicU64,
-    /// Refusal log lines dropped by the rate limit.
-    pub log_lines_suppressed: AtomicU64,
-}
-
-static COUNTERS: CorsCounters = CorsCounters {
-    preflights_answered: AtomicU64::new(0),
-    refused: AtomicU64::new(0),
-    forwarded_without_cors: AtomicU64::new(0),
-    shadow_denials: AtomicU64::new(0),
-    log_lines_suppressed: AtomicU64::new(0),
-};
-
-/// The process-wide CORS counters.
-pub fn counters() -> &'static CorsCounters {
-    &COUNTERS
-}
 
 /// A token bucket: `burst` lines at once, then `per_second`.
 #[derive(Debug)]
@@ -106,38 +78,58 @@ fn header_text(headers: &HeaderMap, name: http::header::HeaderName) -> &str {
     }
 }
 
+/// The metrics' label for the part of the request a refusal is about.
+fn refusal_reason(refusal: &Refusal) -> CorsRefusal {
+    match refusal {
+        Refusal::MultipleOrigins
+        | Refusal::OriginList
+        | Refusal::MalformedOrigin
+        | Refusal::OriginNotAllowed { .. } => CorsRefusal::Origin,
+        Refusal::MalformedRequestMethod | Refusal::MethodNotAllowed { .. } => CorsRefusal::Method,
+        Refusal::MalformedRequestHeaders
+        | Refusal::RequestHeadersTooLong
+        | Refusal::HeadersNotAllowed { .. } => CorsRefusal::Headers,
+        Refusal::PrivateNetworkNotAllowed => CorsRefusal::PrivateNetwork,
+    }
+}
+
 /// Counts the outcome and writes the refusal line (rate-limited).
-pub(crate) fn record(policy: &Policy, req: &RequestInfo<'_>, assessment: &Assessment) {
+pub(crate) fn record(
+    policy: &Policy,
+    req: &RequestInfo<'_>,
+    assessment: &Assessment,
+    metrics: &Metrics,
+) {
     let (preflight, refusal) = match assessment {
         Assessment::Denied { preflight, refusal } => (*preflight, refusal),
-        Assessment::Preflight(_) | Assessment::SameOrigin { preflight: true } => {
-            if policy.mode != CorsMode::Shadow {
-                COUNTERS.preflights_answered.fetch_add(1, Ordering::Relaxed);
-            }
+        // In shadow mode even preflights go to the app.
+        Assessment::Preflight(_) | Assessment::SameOrigin { preflight: true }
+            if policy.mode != CorsMode::Shadow =>
+        {
+            metrics.cors(CorsOutcome::PreflightAllowed, None);
             return;
         }
-        _ => return,
+        _ => {
+            metrics.cors(CorsOutcome::Forwarded, None);
+            return;
+        }
     };
+    let reason = Some(refusal_reason(refusal));
     let action = match policy.mode {
         CorsMode::Shadow => {
-            COUNTERS.shadow_denials.fetch_add(1, Ordering::Relaxed);
+            metrics.cors(CorsOutcome::ShadowDenied, reason);
             "forwarded (shadow)"
         }
         CorsMode::Browser if !preflight && matches!(refusal, Refusal::OriginNotAllowed { .. }) => {
-            COUNTERS
-                .forwarded_without_cors
-                .fetch_add(1, Ordering::Relaxed);
+            metrics.cors(CorsOutcome::ForwardedWithoutCors, reason);
             "forwarded without CORS headers (browser)"
         }
         _ => {
-            COUNTERS.refused.fetch_add(1, Ordering::Relaxed);
+            metrics.cors(CorsOutcome::Refused, reason);
             "refused with 403"
         }
     };
     let Some(suppressed) = REFUSAL_LOG.admit(Instant::now()) else {
-        COUNTERS
-            .log_lines_suppressed
-            .fetch_add(1, Ordering::Relaxed);
         return;
     };
     tracing::warn!(

@@ -914,7 +914,7 @@ fn evaluate_agrees_with_check() {
             authority: case.authority,
             wants_json: case.wants_json,
         };
-        let a = super::evaluate(&p, &req);
+        let a = super::evaluate(&p, &req, &crate::metrics::Metrics::new());
         let b = p.check(&req);
         let kind = |v: &Verdict| match v {
             Verdict::Respond(r) => format!("{} {:?} {:?}", r.status(), r.headers(), r.body()),

@@ -70,11 +70,14 @@ pub async fn forward(
     let (body, body_sent) = if retry_parts.is_some() {
         (Either::Right(Empty::new()), None)
     } else if body.is_end_stream() {
-        (Either::Left(ClientBody::new(body, None)), None)
+        (
+            Either::Left(ClientBody::new(body, None, pool.metrics().clone())),
+            None,
+        )
     } else {
         let (sent, body_sent) = oneshot::channel();
         (
-            Either::Left(ClientBody::new(body, Some(sent))),
+            Either::Left(ClientBody::new(body, Some(sent), pool.metrics().clone())),
             Some(body_sent),
         )
     };
@@ -113,6 +116,7 @@ pub async fn forward(
             Some(mut parts),
         ) => {
             debug!(upstream = %upstream, error = %error, "retrying idempotent request on a fresh connection");
+            pool.metrics().upstream_retry();
             prepare_parts(&mut parts, fields, peer, false);
             let request = Request::from_parts(parts, Either::Right(Empty::new()));
             // Boxed: a rare path, kept out of every request's future (which is moved per request).

@@ -1,6 +1,6 @@
 //! One request's way through the proxy: the CORS verdict, then either the proxy's own answer or
-//! the upstream's response, the CORS and HSTS response headers, and one access-log line when the
-//! response body ends.
+//! the upstream's response, the CORS and HSTS response headers, and one access-log line (and the
+//! request's metrics) when the response body ends.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -21,6 +21,7 @@ use super::conn::ClientConn;
 use crate::cors::{self, RequestInfo, Verdict};
 use crate::error::{wants_json, ProxyError};
 use crate::forward;
+use crate::metrics::Protocol;
 use crate::upstream::{PooledBody, ResponseTimer};
 
 /// The status logged for a request whose client went away before a response existed (nginx's).
@@ -35,6 +36,7 @@ pub struct ProxyBody {
 
 struct AccessLog {
     conn: Arc<ClientConn>,
+    protocol: Protocol,
     method: Method,
     uri: Uri,
     status: StatusCode,
@@ -46,6 +48,15 @@ struct AccessLog {
 impl Drop for AccessLog {
     fn drop(&mut self) {
         self.conn.request_finished();
+        let total = self.start.elapsed();
+        self.conn.proxy.metrics.request(
+            self.protocol,
+            &self.method,
+            self.status,
+            total,
+            self.upstream_time,
+            self.bytes,
+        );
         info!(
             target: "access",
             peer = %self.conn.peer_addr,
@@ -56,7 +67,7 @@ impl Drop for AccessLog {
             status = self.status.as_u16(),
             bytes = self.bytes,
             upstream_ms = self.upstream_time.map(millis),
-            total_ms = millis(self.start.elapsed()),
+            total_ms = millis(total),
             "request"
         );
     }
@@ -103,6 +114,11 @@ pub(crate) async fn handle(
     conn.request_started();
     let mut log = AccessLog {
         conn: conn.clone(),
+        protocol: if req.version() == Version::HTTP_2 {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        },
         method: req.method().clone(),
         uri: req.uri().clone(),
         // Logged as is when the client goes away before a response exists.
@@ -128,7 +144,10 @@ pub(crate) async fn handle(
             }),
             wants_json: json,
         };
-        (cors::evaluate(&live.cors, &info), live.upstream.clone())
+        (
+            cors::evaluate(&live.cors, &info, &proxy.metrics),
+            live.upstream.clone(),
+        )
     };
 
     let (mut response, cors) = match verdict {
@@ -169,6 +188,11 @@ pub(crate) async fn handle(
                 }
                 Err(e) => {
                     warn!(upstream = %upstream, cause = e.cause(), error = %e, "request failed");
+                    match e.status() {
+                        StatusCode::BAD_GATEWAY => proxy.metrics.gateway_error(false),
+                        StatusCode::GATEWAY_TIMEOUT => proxy.metrics.gateway_error(true),
+                        _ => {}
+                    }
                     e.to_response(json).map(Either::Right)
                 }
             };

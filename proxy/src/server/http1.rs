@@ -39,6 +39,7 @@ use super::conn::ClientConn;
 use super::handle::{handle, ProxyBody};
 use crate::config::Timeouts;
 use crate::forward::tunnel::tunnel;
+use crate::metrics::ClientTimeout;
 
 /// The first read of a parked connection: enough for a typical request head; the rest stays in
 /// the TLS layer until hyper reads it.
@@ -278,6 +279,17 @@ async fn run_hyper(
     let idle_check = tokio::time::sleep_until(first_check);
     tokio::pin!(idle_check);
     let mut seen = (conn.requests_started(), conn.head_started());
+    // Whether a deadline already ended the connection (and was counted).
+    let mut timed_out = false;
+    let count_timeout = |end: End| {
+        conn.proxy
+            .metrics
+            .client_timeout(if end == End::HeadTimeout {
+                ClientTimeout::HeaderRead
+            } else {
+                ClientTimeout::Idle
+            });
+    };
     let result = poll_fn(|cx| loop {
         let polled = if end == Some(End::Park) {
             // Only when parking: `poll_without_shutdown` keeps the socket open, but it also skips
@@ -310,6 +322,9 @@ async fn run_hyper(
             // not complete) is cut at its idle or header-read deadline.
             if idle_check.as_mut().poll(cx).is_ready() {
                 if let Some(expired) = expired(conn, &timeouts) {
+                    if !timed_out {
+                        count_timeout(expired);
+                    }
                     return Poll::Ready(Ok(expired));
                 }
                 let (at, is_near) = conn.next_check(&timeouts);
@@ -331,8 +346,15 @@ async fn run_hyper(
                     // hyper waits for the rest of the head (asked to end, it would go on
                     // waiting for a first request): it is left at once. No request is in
                     // flight, so it holds nothing to write but what `unflushed` tells of.
-                    Some(End::HeadTimeout) => return Poll::Ready(Ok(End::HeadTimeout)),
-                    Some(_) => end = Some(End::Close),
+                    Some(End::HeadTimeout) => {
+                        count_timeout(End::HeadTimeout);
+                        return Poll::Ready(Ok(End::HeadTimeout));
+                    }
+                    Some(expired) => {
+                        count_timeout(expired);
+                        timed_out = true;
+                        end = Some(End::Close);
+                    }
                     None => {
                         let (at, is_near) = conn.next_check(&timeouts);
                         idle_check.as_mut().reset(at);
@@ -400,6 +422,7 @@ async fn wait_parked(
         _ = stop.changed() => None,
         () = tokio::time::sleep_until(deadline) => {
             debug!(phase = "client_idle", "closing idle connection");
+            conn.proxy.metrics.client_timeout(ClientTimeout::Idle);
             None
         }
     }

@@ -5,9 +5,11 @@
 //! - `conn`: one client connection's state and deadlines;
 //! - `http1`: HTTP/1.1 connections (parking, tunnels); HTTP/2 is hyper's connection, run here;
 //! - `handle`: one request, from the CORS verdict to the access-log line;
-//! - [`redirect`]: the optional plain-HTTP listener that redirects to https.
+//! - [`redirect`]: the optional plain-HTTP listener that redirects to https;
+//! - [`admin`]: the optional plain-HTTP listener for operators (health, readiness, metrics).
 
 mod accept;
+pub mod admin;
 mod conn;
 mod handle;
 mod http1;
@@ -28,7 +30,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::FixedSettings;
+use crate::metrics::{ClientTimeout, HandshakeFailure, TlsVersion};
 use accept::accept;
+pub use admin::serve_admin;
 use conn::ClientConn;
 use handle::handle;
 pub use redirect::serve_redirect;
@@ -53,12 +57,18 @@ pub async fn run(
     loop {
         // Waiting for a slot before accepting keeps surplus clients in the kernel's backlog.
         // The semaphore is never closed, so acquiring fails only if that changes: stop then.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
+        let permit = match slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                proxy.metrics.slot_wait();
+                tokio::select! {
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
         };
         let (tcp, peer) = tokio::select! {
             accepted = accept(&listener, "https") => accepted,
@@ -79,6 +89,7 @@ pub async fn run(
     }
 
     drop(listener);
+    proxy.start_draining();
     let grace = proxy.fixed.timeouts.shutdown_grace;
     let open = max_connections - slots.available_permits();
     info!(open_connections = open, grace = ?grace, "shutting down: draining connections");
@@ -147,6 +158,8 @@ async fn serve_connection(
     if let Err(e) = tcp.set_nodelay(true) {
         debug!(error = %e, "TCP_NODELAY failed");
     }
+    let metrics = proxy.metrics.clone();
+    let _open = metrics.client_connection();
     let timeouts = proxy.fixed.timeouts;
     // A browser or curl pointed at http:// on this port: answer in its own protocol rather than
     // let the TLS handshake fail into an unreadable error.
@@ -168,15 +181,22 @@ async fn serve_connection(
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             debug!(phase = "tls_handshake", error = %e, "TLS handshake failed");
+            metrics.handshake_failed(HandshakeFailure::of_io(&e));
             return;
         }
         Err(_) => {
             debug!(phase = "tls_handshake", timeout = ?timeouts.tls_handshake, "TLS handshake timed out");
+            metrics.handshake_failed(HandshakeFailure::Timeout);
             return;
         }
     };
     let (protocol, tls_version) = {
         let (_, session) = tls.get_ref();
+        metrics.handshake(match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
+            Some(rustls::ProtocolVersion::TLSv1_3) => TlsVersion::Tls13,
+            _ => TlsVersion::Other,
+        });
         let span = tracing::Span::current();
         if let Some(version) = session.protocol_version() {
             span.record("tls", tracing::field::debug(version));
@@ -266,6 +286,7 @@ async fn serve_http2<C, E>(
                 match conn.idle_deadline(&timeouts) {
                     Some(deadline) if deadline <= Instant::now() => {
                         debug!(phase = "client_idle", "closing idle connection");
+                        conn.proxy.metrics.client_timeout(ClientTimeout::Idle);
                         stopping = true;
                         graceful_shutdown(connection.as_mut());
                     }

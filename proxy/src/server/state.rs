@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 use crate::cli;
 use crate::config::{FixedSettings, ReloadableSettings, Settings};
 use crate::error::ReloadError;
+use crate::metrics::{Metrics, Reload};
 use crate::upstream::Pool;
 
 /// Reloads the TLS material (the certificate store's reload, wired by [`crate::build`]); on error
@@ -27,19 +29,25 @@ pub struct Proxy {
     pub(crate) pool: Arc<Pool>,
     pub(crate) tls: Arc<rustls::ServerConfig>,
     cert_reloader: Option<CertReloader>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Set when the graceful drain starts: readiness turns false so load balancers stop sending.
+    draining: AtomicBool,
 }
 
 impl Proxy {
     /// Builds the shared state. `tls` should resolve certificates through the reloadable store.
     pub fn new(settings: Settings, tls: Arc<rustls::ServerConfig>) -> Proxy {
         let fixed = settings.fixed;
-        let pool = Pool::new(&fixed.timeouts, &fixed.limits);
+        let metrics = Arc::new(Metrics::new());
+        let pool = Pool::new(&fixed.timeouts, &fixed.limits, metrics.clone());
         Proxy {
             fixed,
             reloadable: ArcSwap::from_pointee(settings.reloadable),
             pool,
             tls,
             cert_reloader: None,
+            metrics,
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -52,6 +60,26 @@ impl Proxy {
     /// The settings that need a restart to change.
     pub fn fixed(&self) -> &FixedSettings {
         &self.fixed
+    }
+
+    /// The counters every part of the proxy adds to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Whether the graceful drain has started.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of the graceful drain.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// The upstream pool's idle connections now.
+    pub fn upstream_idle(&self) -> usize {
+        self.pool.idle_len()
     }
 
     /// The upstream and CORS policy in effect now.
@@ -71,6 +99,16 @@ impl Proxy {
     /// Listen addresses, timeouts, limits and certificate paths need a restart; a change to
     /// them is logged and ignored.
     pub fn reload(
+        &self,
+        argv: &[OsString],
+        env: &HashMap<String, String>,
+    ) -> Result<(), ReloadError> {
+        let result = self.reload_settings(argv, env);
+        self.metrics.reload(Reload::Config, result.is_ok());
+        result
+    }
+
+    fn reload_settings(
         &self,
         argv: &[OsString],
         env: &HashMap<String, String>,

@@ -2,6 +2,7 @@
 //! last byte has gone, or nothing.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -10,22 +11,33 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use crate::metrics::Metrics;
+
 /// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
 /// idempotent request be sent again on a fresh connection).
 pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
 /// The client's request body as it streams upstream. It reports when its last byte has gone,
 /// because the upstream response timeout counts from there: however long an upload takes is the
-/// client's time, not the upstream's.
+/// client's time, not the upstream's. Its bytes are counted as they go.
 pub struct ClientBody {
     inner: Incoming,
     sent: Option<oneshot::Sender<()>>,
+    metrics: Arc<Metrics>,
 }
 
 impl ClientBody {
     /// Wraps the client's body; `sent` (if any) is told when the body has gone in full or failed.
-    pub fn new(inner: Incoming, sent: Option<oneshot::Sender<()>>) -> ClientBody {
-        ClientBody { inner, sent }
+    pub fn new(
+        inner: Incoming,
+        sent: Option<oneshot::Sender<()>>,
+        metrics: Arc<Metrics>,
+    ) -> ClientBody {
+        ClientBody {
+            inner,
+            sent,
+            metrics,
+        }
     }
 }
 
@@ -38,6 +50,11 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let poll = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &poll {
+            if let Some(data) = frame.data_ref() {
+                self.metrics.request_body_bytes(data.len() as u64);
+            }
+        }
         // The end (or a failure) of the body, whichever the client connection saw first.
         if matches!(poll, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
             || self.inner.is_end_stream()

@@ -23,6 +23,7 @@ use super::connect::connect;
 use super::exchange::UpstreamConn;
 use crate::config::{Limits, Timeouts, Upstream};
 use crate::error::ConnectError;
+use crate::metrics::{ConnectFailure, Metrics};
 
 /// The pool. One per process, shared by all client connections.
 pub struct Pool {
@@ -30,6 +31,7 @@ pub struct Pool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    metrics: Arc<Metrics>,
 }
 
 struct State {
@@ -54,7 +56,7 @@ pub struct Checkout {
 }
 
 impl Pool {
-    pub fn new(timeouts: &Timeouts, limits: &Limits) -> Arc<Pool> {
+    pub fn new(timeouts: &Timeouts, limits: &Limits, metrics: Arc<Metrics>) -> Arc<Pool> {
         Arc::new(Pool {
             state: Mutex::new(State {
                 idle: VecDeque::new(),
@@ -63,11 +65,23 @@ impl Pool {
             connect_timeout: timeouts.upstream_connect,
             idle_timeout: timeouts.upstream_idle,
             max_idle: limits.upstream_max_idle,
+            metrics,
         })
+    }
+
+    /// The counters the pool and its users add to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Idle connections held now.
+    pub fn idle_len(&self) -> usize {
+        self.state().idle.len()
     }
     /// An idle connection to `upstream`, or a new one.
     pub async fn checkout(&self, upstream: &Upstream) -> Result<Checkout, ConnectError> {
         if let Some(conn) = self.take_idle(&upstream.authority) {
+            self.metrics.upstream_reused();
             return Ok(Checkout { conn, reused: true });
         }
         // Boxed: connecting is the rare path, and its future would otherwise make every
@@ -80,7 +94,12 @@ impl Pool {
 
     /// A new connection, never a pooled one.
     pub async fn connect(&self, upstream: &Upstream) -> Result<UpstreamConn, ConnectError> {
-        connect(upstream, self.connect_timeout).await
+        let result = connect(upstream, self.connect_timeout).await;
+        match &result {
+            Ok(_) => self.metrics.upstream_opened(),
+            Err(e) => self.metrics.upstream_failed(failure_cause(e)),
+        }
+        result
     }
 
     /// The pool's state. A panic elsewhere while the lock was held cannot leave it inconsistent
@@ -163,6 +182,16 @@ impl Pool {
             state.reaping = true;
             tokio::spawn(reap(Arc::downgrade(self)));
         }
+    }
+}
+
+/// The metrics' cause of a failed connect.
+fn failure_cause(error: &ConnectError) -> ConnectFailure {
+    match error {
+        ConnectError::Resolve(_) | ConnectError::NoAddress => ConnectFailure::Dns,
+        ConnectError::Connect(_, e) => ConnectFailure::of_io(e),
+        ConnectError::Timeout(_) => ConnectFailure::Timeout,
+        ConnectError::Handshake(_) => ConnectFailure::Other,
     }
 }
 

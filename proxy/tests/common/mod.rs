@@ -151,9 +151,22 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy in front of `upstream`; `extra` are further flags.
     pub async fn start(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> TestProxy {
+        TestProxy::launch(pki, upstream, extra, None).await
+    }
+
+    /// [`TestProxy::start`], serving the admin endpoints on `admin` as well.
+    async fn launch(
+        pki: &TestPki,
+        upstream: SocketAddr,
+        extra: &[&str],
+        admin: Option<TcpListener>,
+    ) -> TestProxy {
         let argv = proxy_argv(pki, upstream, extra);
         let cli = proxy::cli::parse(&argv, &HashMap::new()).expect("test configuration parses");
-        let assembled = proxy::build(&cli).expect("test proxy assembles");
+        let mut assembled = proxy::build(&cli).expect("test proxy assembles");
+        if let Some(admin) = admin {
+            assembled = assembled.with_admin(admin);
+        }
         let proxy = assembled.proxy.clone();
         let store = assembled.certs.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
@@ -542,4 +555,27 @@ pub async fn collect(response: Response<Incoming>) -> (StatusCode, HeaderMap, By
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     listener.local_addr().expect("addr")
+}
+
+/// A proxy with its admin listener, both on 127.0.0.1:0.
+pub async fn start_with_admin(
+    pki: &TestPki,
+    upstream: SocketAddr,
+    extra: &[&str],
+) -> (TestProxy, SocketAddr) {
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin_addr = admin.local_addr().expect("admin addr");
+    let proxy = TestProxy::launch(pki, upstream, extra, Some(admin)).await;
+    (proxy, admin_addr)
+}
+
+/// `GET path` on a plain-HTTP listener: status and body.
+pub async fn plain_get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let mut sender = plain_h1(addr).await;
+    let response = sender
+        .send_request(get(path))
+        .await
+        .expect("admin response");
+    let (status, _, body) = collect(response).await;
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
