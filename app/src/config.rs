@@ -1,13 +1,13 @@
 //! Settings: the pure [`Config`] the server runs with, and the command line (clap, with env vars)
 //! that builds it. Parsing takes values, never the process environment, so tests build configs directly.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
+use crate::listen::{parse_socket_mode, ListenAddr, DEFAULT_SOCKET_MODE};
 use crate::users::{Users, UsersFileError};
 
 /// Default listen address: loopback, since only the proxy talks to the app.
@@ -30,7 +30,9 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Address `main` binds (the library's `run` takes an already bound listener).
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    /// Mode of the socket when `listen` is one.
+    pub socket_mode: u32,
     /// Who can log in.
     pub users: Users,
     /// A session unused this long is gone.
@@ -50,7 +52,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: DEFAULT_LISTEN.parse().expect("valid default address"),
+            listen: ListenAddr::Tcp(DEFAULT_LISTEN.parse().expect("valid default address")),
+            socket_mode: 0o660,
             users: Users::demo(),
             session_idle_timeout: Duration::from_secs(DEFAULT_SESSION_IDLE_TIMEOUT_SECS),
             max_sessions: DEFAULT_MAX_SESSIONS,
@@ -109,9 +112,9 @@ pub enum Command {
 /// Settings of `app healthcheck`.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
-    /// Address to check; defaults to the app's own listen address.
+    /// Address to check (IP:PORT or unix:/path); defaults to the app's own listen address.
     #[arg(long, env = "APP_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
     /// Seconds allowed for connecting and for the answer.
     #[arg(long, default_value_t = DEFAULT_HEALTHCHECK_TIMEOUT_SECS, value_name = "SECS")]
     pub timeout_secs: u64,
@@ -133,9 +136,15 @@ pub enum LogFormat {
 /// Serving settings, each with a flag and an environment variable.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on (IP:PORT).
+    /// Address to listen on: IP:PORT, or unix:/absolute/path.sock for a UNIX socket (a stale
+    /// socket file there is replaced; the app removes its own at exit).
     #[arg(long, env = "APP_LISTEN", default_value = DEFAULT_LISTEN, value_name = "ADDR")]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    /// Mode (octal) of the socket when listening on unix:/path; 660 lets the owner and group
+    /// connect.
+    #[arg(long, env = "APP_SOCKET_MODE", default_value = DEFAULT_SOCKET_MODE,
+          value_parser = parse_socket_mode, value_name = "OCTAL")]
+    pub socket_mode: u32,
     /// Users file (`email:first_name:last_name:argon2id_hash` per line); default: the demo users.
     #[arg(long, env = "APP_USERS_FILE", value_name = "FILE")]
     pub users: Option<PathBuf>,
@@ -197,7 +206,8 @@ impl Config {
             }
         };
         Ok(Self {
-            listen: args.listen,
+            listen: args.listen.clone(),
+            socket_mode: args.socket_mode,
             users,
             session_idle_timeout: Duration::from_secs(args.session_idle_timeout_secs),
             max_sessions: args.max_sessions,
@@ -235,6 +245,7 @@ mod tests {
         let from_cli = Config::from_args_with(&cli.serve, |_| unreachable!()).unwrap();
         let default = Config::default();
         assert_eq!(from_cli.listen, default.listen);
+        assert_eq!(from_cli.socket_mode, default.socket_mode);
         assert_eq!(from_cli.users, default.users);
         assert_eq!(from_cli.session_idle_timeout, Duration::from_secs(1800));
         assert_eq!(from_cli.max_sessions, default.max_sessions);
@@ -258,6 +269,10 @@ mod tests {
         assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(config.session_idle_timeout, Duration::from_secs(5));
         assert_eq!((config.max_sessions, config.max_body_bytes), (3, 100));
+        let cli = parse(&["--listen", "unix:/run/app/app.sock", "--socket-mode", "600"]).unwrap();
+        let config = Config::from_args_with(&cli.serve, |_| unreachable!()).unwrap();
+        assert_eq!(config.listen, "unix:/run/app/app.sock".parse().unwrap());
+        assert_eq!(config.socket_mode, 0o600);
     }
 
     #[test]
@@ -267,6 +282,8 @@ mod tests {
             &["--max-sessions", "0"],
             &["--session-idle-timeout-secs", "0"],
             &["--max-body-bytes", "lots"],
+            &["--listen", "unix:app.sock"],
+            &["--socket-mode", "999"],
         ] {
             let err = parse(argv).unwrap_err();
             assert!(err.to_string().contains(argv[0]), "{argv:?}: {err}");

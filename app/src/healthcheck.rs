@@ -3,7 +3,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
+
+use crate::listen::ListenAddr;
 
 use thiserror::Error;
 
@@ -13,32 +16,41 @@ pub enum HealthError {
     /// Nothing accepted the connection in time.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
-        addr: SocketAddr,
+        addr: ListenAddr,
         source: std::io::Error,
     },
     /// The connection was accepted but the exchange failed.
     #[error("no HTTP response from {addr}: {source}")]
     Exchange {
-        addr: SocketAddr,
+        addr: ListenAddr,
         source: std::io::Error,
     },
     /// Something answered, but not with an HTTP status line, or with a server error.
     #[error("unhealthy answer from {addr}: {status_line:?}")]
     BadStatus {
-        addr: SocketAddr,
+        addr: ListenAddr,
         status_line: String,
     },
 }
 
 /// Checks the app at `addr` (an unspecified IP such as `0.0.0.0` means this host's loopback) and
 /// returns the HTTP status it answered with. Any status below 500 counts as healthy.
-pub fn check(addr: SocketAddr, timeout: Duration) -> Result<u16, HealthError> {
-    let addr = loopback_for_unspecified(addr);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|source| HealthError::Connect { addr, source })?;
-    let exchange = |stream: &mut TcpStream| -> std::io::Result<String> {
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
+/// A socket (`unix:/path`) is connected to directly.
+pub fn check(addr: &ListenAddr, timeout: Duration) -> Result<u16, HealthError> {
+    let addr = match addr {
+        ListenAddr::Tcp(tcp) => ListenAddr::Tcp(loopback_for_unspecified(*tcp)),
+        ListenAddr::Unix(_) => addr.clone(),
+    };
+    let connected = match &addr {
+        ListenAddr::Tcp(tcp) => TcpStream::connect_timeout(tcp, timeout).map(Conn::Tcp),
+        ListenAddr::Unix(path) => UnixStream::connect(path).map(Conn::Unix),
+    };
+    let mut stream = connected.map_err(|source| HealthError::Connect {
+        addr: addr.clone(),
+        source,
+    })?;
+    let exchange = |stream: &mut Conn| -> std::io::Result<String> {
+        stream.set_timeouts(timeout)?;
         stream.write_all(
             b"GET /auth/login HTTP/1.1\r\nHost: localhost\r\nUser-Agent: app-healthcheck\r\nConnection: close\r\n\r\n",
         )?;
@@ -51,8 +63,10 @@ pub fn check(addr: SocketAddr, timeout: Duration) -> Result<u16, HealthError> {
             .unwrap_or_default()
             .to_owned())
     };
-    let status_line =
-        exchange(&mut stream).map_err(|source| HealthError::Exchange { addr, source })?;
+    let status_line = exchange(&mut stream).map_err(|source| HealthError::Exchange {
+        addr: addr.clone(),
+        source,
+    })?;
     match status_line
         .strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
@@ -60,6 +74,52 @@ pub fn check(addr: SocketAddr, timeout: Duration) -> Result<u16, HealthError> {
     {
         Some(status) if status < 500 => Ok(status),
         _ => Err(HealthError::BadStatus { addr, status_line }),
+    }
+}
+
+/// A connection to the app, over TCP or its socket.
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Conn {
+    fn set_timeouts(&self, timeout: Duration) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+            Conn::Unix(s) => {
+                s.set_read_timeout(Some(timeout))?;
+                s.set_write_timeout(Some(timeout))
+            }
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.read(buf),
+            Conn::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Conn::Tcp(s) => s.write(buf),
+            Conn::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.flush(),
+            Conn::Unix(s) => s.flush(),
+        }
     }
 }
 
@@ -101,7 +161,10 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        let err = check(addr, Duration::from_secs(2)).unwrap_err();
+        let err = check(&ListenAddr::Tcp(addr), Duration::from_secs(2)).unwrap_err();
+        assert!(matches!(err, HealthError::Connect { .. }), "{err}");
+        let missing = std::env::temp_dir().join(format!("app-health-{}.sock", std::process::id()));
+        let err = check(&ListenAddr::Unix(missing), Duration::from_secs(2)).unwrap_err();
         assert!(matches!(err, HealthError::Connect { .. }), "{err}");
     }
 
@@ -115,7 +178,7 @@ mod tests {
             let _ = conn.read(&mut buf);
             conn.write_all(b"SSH-2.0-OpenSSH\r\n").unwrap();
         });
-        let err = check(addr, Duration::from_secs(2)).unwrap_err();
+        let err = check(&ListenAddr::Tcp(addr), Duration::from_secs(2)).unwrap_err();
         server.join().unwrap();
         assert!(matches!(err, HealthError::BadStatus { .. }), "{err}");
     }

@@ -6,13 +6,15 @@
 //! method, reads what it needs from the request with [`request`] (format wanted, outside origin,
 //! session credential, login form), checks passwords with [`users`] and sessions with [`sessions`],
 //! and answers with [`pages`] (HTML) or [`response`] (JSON, redirects, cookies, error statuses).
-//! [`config`] holds the settings and the command line that builds them.
+//! [`config`] holds the settings and the command line that builds them; [`listen`] the TCP or
+//! UNIX-socket listener.
 //!
 //! The app never sees TLS and knows nothing of CORS: the proxy in front does both and tells the
 //! app the outside scheme and host in `X-Forwarded-Proto` / `X-Forwarded-Host` (or `Forwarded`).
 
 pub mod config;
 pub mod healthcheck;
+pub mod listen;
 pub mod pages;
 pub mod request;
 pub mod response;

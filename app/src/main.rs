@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 use app::config::{Cli, Command, Config, HealthcheckArgs, LogFormat, ServeArgs};
+use app::listen::Listener;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -56,7 +57,7 @@ fn hash_password() -> ExitCode {
 
 fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
     let timeout = std::time::Duration::from_secs(args.timeout_secs.max(1));
-    match app::healthcheck::check(args.addr, timeout) {
+    match app::healthcheck::check(&args.addr, timeout) {
         Ok(status) => {
             println!("healthy: {} answered {status}", args.addr);
             ExitCode::SUCCESS
@@ -95,14 +96,9 @@ fn serve(args: &ServeArgs) -> ExitCode {
             Ok(signals) => signals,
             Err(error) => return startup_error(&format!("installing signal handlers: {error}")),
         };
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        let listener = match Listener::bind(&config.listen, config.socket_mode).await {
             Ok(listener) => listener,
-            Err(error) => {
-                return startup_error(&format!(
-                    "--listen / APP_LISTEN: cannot bind {}: {error}",
-                    config.listen
-                ))
-            }
+            Err(error) => return startup_error(&error),
         };
         match app::run(listener, config, signals.recv()).await {
             Ok(()) => ExitCode::SUCCESS,

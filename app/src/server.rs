@@ -11,11 +11,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use thiserror::Error;
-use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
+use crate::listen::Listener;
 use crate::routes::{self, AppState};
 use crate::sessions::Sessions;
 use crate::users::{Authenticator, HashError};
@@ -40,10 +40,11 @@ pub enum AppError {
 /// Serves on `listener` until `shutdown` resolves, then lets in-flight requests finish, waiting at
 /// most `config.shutdown_grace` before dropping the connections still open.
 pub async fn run(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AppError> {
+    let listener = listener.into();
     let local = listener.local_addr().map_err(AppError::Listener)?;
     // The dummy hash for unknown users costs one argon2 run: keep it off the async threads.
     let users = config.users.clone();

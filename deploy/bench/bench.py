@@ -25,7 +25,8 @@ import traceback
 
 import report
 from host import HERE, NICE, PROXY_CORE, REPO, run, set_priority
-from peers import ALLOWED_ORIGIN, PEERS, Procs, make_big_file, make_cert, start_backend, start_peer
+from peers import (ALLOWED_ORIGIN, PEERS, UNIX_PEERS, Procs, make_big_file, make_cert,
+                   start_backend, start_peer)
 from workloads import (SYSCALL_RUN_S, TOOLS, connrate, download, h2load, measured, memory,
                        perf_syscalls_usable, syscalls, wrk)
 
@@ -52,8 +53,10 @@ def parse_args(argv):
                          "stack_floor`: tokio-rustls + hyper forwarding and nothing else), run "
                          "as peer stack-floor in the same rounds: what the stack costs before "
                          "any of the proxy's own work")
-    ap.add_argument("--figures", default="h1,h2,sys,full,resumed,download,mem,mem2,cors",
-                    help="comma-separated subset of workloads")
+    ap.add_argument("--figures", default="h1,h2,sys,full,resumed,download,mem,mem2,cors,unix",
+                    help="comma-separated subset of workloads (unix: nginx and the proxy also "
+                         "forward to the backend's UNIX socket, as nginx-unix and proxy-unix, "
+                         "in the h1, h2 and sys figures)")
     ap.add_argument("--cors-micro", action="store_true",
                     help="also run the CORS decision micro-benchmark (cargo bench) first")
     ap.add_argument("--from-raw", metavar="JSON",
@@ -132,6 +135,11 @@ def main(argv):
     measured_peers = list(args.peers)
     if args.baseline_bin:
         measured_peers.insert(measured_peers.index("proxy") + 1, "proxy-baseline")
+    if "unix" in args.figures:
+        # Each right after its TCP twin, so the two run in neighbouring slots of every round.
+        for tcp_peer, unix_peer in UNIX_PEERS.items():
+            if tcp_peer in measured_peers:
+                measured_peers.insert(measured_peers.index(tcp_peer) + 1, unix_peer)
     if args.floor_bin:
         measured_peers.append("stack-floor")
     peers_run = list(measured_peers)
@@ -159,8 +167,10 @@ def main(argv):
                 failures.append(f"{name}: start-up: {e}")
 
         # The stack floor stands for the request path only: its handshakes, memory and downloads
-        # are the same crates' as the proxy's.
-        terminators = [p for p in measured_peers if p != "stack-floor"]
+        # are the same crates' as the proxy's; the socket twins differ from their TCP peers
+        # only on the upstream side, which the request figures show.
+        terminators = [p for p in measured_peers
+                       if p != "stack-floor" and p not in UNIX_PEERS.values()]
         workloads = [
             ("h1", lambda p: measured(p, wrk, args.duration), measured_peers),
             ("h2", lambda p: measured(p, h2load, args.duration), measured_peers),

@@ -14,6 +14,9 @@ import tlsclient
 from host import HERE, LOAD_CORE, NICE, PROXY_CORE
 
 PEERS = ["nginx", "haproxy", "caddy", "proxy"]
+# The same terminator forwarding to the backend's UNIX socket instead of its loopback port
+# (figure "unix"): peer -> its socket twin.
+UNIX_PEERS = {"nginx": "nginx-unix", "proxy": "proxy-unix"}
 BIG_FILE_BYTES = 100 * 1024 * 1024
 ALLOWED_ORIGIN = "https://app.localhost"
 
@@ -165,12 +168,19 @@ def wait_ready(name, proc, check, logpath):
     raise RuntimeError(f"{name} not ready after {READY_TIMEOUT_S}s ({last}); see {logpath}")
 
 
+def backend_socket(workdir):
+    """The backend's UNIX socket (nginx creates it at start and removes it at exit)."""
+    return f"{workdir}/backend/backend.sock"
+
+
 def start_backend(procs, workdir):
-    """Starts the plain-HTTP nginx backend on the load core; returns its port."""
+    """Starts the plain-HTTP nginx backend on the load core; returns its port. It listens on
+    backend_socket(workdir) too."""
     port = free_port()
     os.makedirs(f"{workdir}/backend/logs", exist_ok=True)
     render("backend-nginx.conf", f"{workdir}/backend/nginx.conf",
            {"workdir": workdir, "backend_port": port,
+            "backend_socket": backend_socket(workdir),
             "user_line": "user root;" if os.geteuid() == 0 else ""})
     proc = procs.start("backend", NICE + ["taskset", "-c", LOAD_CORE, "nginx", "-p",
                                           f"{workdir}/backend/", "-e",
@@ -180,7 +190,12 @@ def start_backend(procs, workdir):
     def ok():
         with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
             s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
-            return s.recv(100).startswith(b"HTTP/1.1 200")
+            tcp_ok = s.recv(100).startswith(b"HTTP/1.1 200")
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(1)
+            s.connect(backend_socket(workdir))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+            return tcp_ok and s.recv(100).startswith(b"HTTP/1.1 200")
 
     wait_ready("backend", proc, ok, f"{workdir}/logs/backend.log")
     return port
@@ -202,15 +217,20 @@ def start_peer(name, args, procs, workdir, backend_port):
     port = free_port()
     logdir = os.path.join(workdir, "logs")
     pin = NICE + ["taskset", "-c", PROXY_CORE]
+    unix = name.endswith("-unix")
     values = {"workdir": workdir, "port": port, "backend_port": backend_port,
+              "confdir": f"{workdir}/{name}",
+              "backend_server": (f"unix:{backend_socket(workdir)}" if unix
+                                 else f"127.0.0.1:{backend_port}"),
               "user_line": "user root;" if os.geteuid() == 0 else ""}
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": workdir}
     cwd = None
-    if name == "nginx":
-        os.makedirs(f"{workdir}/nginx/logs", exist_ok=True)
-        render("nginx.conf", f"{workdir}/nginx/nginx.conf", values)
-        argv = pin + ["nginx", "-p", f"{workdir}/nginx/", "-e", f"{workdir}/nginx/error.log",
-                      "-c", f"{workdir}/nginx/nginx.conf"]
+    if name in ("nginx", "nginx-unix"):
+        confdir = values["confdir"]
+        os.makedirs(f"{confdir}/logs", exist_ok=True)
+        render("nginx.conf", f"{confdir}/nginx.conf", values)
+        argv = pin + ["nginx", "-p", f"{confdir}/", "-e", f"{confdir}/error.log",
+                      "-c", f"{confdir}/nginx.conf"]
     elif name == "haproxy":
         render("haproxy.cfg", f"{workdir}/haproxy.cfg", values)
         argv = pin + ["haproxy", "-db", "-f", f"{workdir}/haproxy.cfg"]
@@ -219,7 +239,7 @@ def start_peer(name, args, procs, workdir, backend_port):
         env.update(GOMAXPROCS="1", XDG_DATA_HOME=f"{workdir}/caddy-data",
                    XDG_CONFIG_HOME=f"{workdir}/caddy-config")
         argv = pin + ["caddy", "run", "--config", f"{workdir}/Caddyfile", "--adapter", "caddyfile"]
-    elif name in ("proxy", "proxy-cors", "proxy-baseline", "stack-floor"):
+    elif name in ("proxy", "proxy-unix", "proxy-cors", "proxy-baseline", "stack-floor"):
         cwd = f"{workdir}/{name}"  # an empty directory: no stray .env is picked up
         os.makedirs(cwd, exist_ok=True)
         # Access logs are off for every peer (nginx access_log off, no haproxy log, caddy's
@@ -229,7 +249,8 @@ def start_peer(name, args, procs, workdir, backend_port):
         binary = {"proxy-baseline": getattr(args, "baseline_bin", None),
                   "stack-floor": getattr(args, "floor_bin", None)}.get(name, args.proxy_bin)
         argv = pin + [binary, "--listen", f"127.0.0.1:{port}",
-                      "--upstream", f"http://127.0.0.1:{backend_port}",
+                      "--upstream", values["backend_server"] if unix
+                      else f"http://{values['backend_server']}",
                       "--tls-cert", f"{workdir}/cert.pem", "--tls-key", f"{workdir}/key.pem"]
         if name == "proxy-cors":
             argv += ["--allow-origins", ALLOWED_ORIGIN]

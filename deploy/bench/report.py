@@ -130,6 +130,33 @@ def baseline_note(results):
             + ("; ".join(parts) if parts else "no figure measured both"))
 
 
+def unix_note(results):
+    """Each terminator forwarding over the backend's UNIX socket against itself over loopback
+    TCP: same-round ratios of req/s per busy core, and the kernel CPU per request of both."""
+    parts = []
+    for tcp_peer, unix_peer in (("proxy", "proxy-unix"), ("nginx", "nginx-unix")):
+        if unix_peer not in results or tcp_peer not in results:
+            continue
+        for fig in ("h1", "h2"):
+            pairs = [(u[fig], t[fig]) for u, t in zip(results[unix_peer], results[tcp_peer])
+                     if u.get(fig, {}).get("rps_per_core") and t.get(fig, {}).get("rps_per_core")]
+            if not pairs:
+                continue
+            ratio = [u["rps_per_core"] / t["rps_per_core"] for u, t in pairs]
+            text = f"{unix_peer} {fig} ×{statistics.median(ratio):.3f}"
+            if len(ratio) > 1:
+                text += f" [×{min(ratio):.2f}–×{max(ratio):.2f}]"
+            kernel = [(u["kernel_us"], t["kernel_us"]) for u, t in pairs
+                      if "kernel_us" in u and "kernel_us" in t]
+            if kernel:
+                text += (f" (kernel µs per request {statistics.median(k[0] for k in kernel):.2f}"
+                         f" vs {statistics.median(k[1] for k in kernel):.2f})")
+            parts.append(text)
+    return ("UNIX-socket upstream: each terminator forwarding to the backend's socket against "
+            "itself over loopback TCP, req/s per busy core, median of same-round ratios: "
+            + ("; ".join(parts) if parts else "no figure measured both"))
+
+
 def render_report(meta, peers, table, errors, failures, notes):
     lines = [
         "# TLS terminator benchmark results",
@@ -202,6 +229,8 @@ def run_notes(results, peers_run, baseline):
                          "show too)")
     if baseline:
         notes.append(baseline_note(results))
+    if "proxy-unix" in results or "nginx-unix" in results:
+        notes.append(unix_note(results))
     for name in peers_run:
         frac = [r.get("resumed", {}).get("resumed_frac") for r in results[name]]
         frac = [f for f in frac if f is not None]

@@ -106,7 +106,8 @@ pub struct ProxyArgs {
     /// Address of the HTTPS listener.
     #[arg(long, env = "PROXY_LISTEN", value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: String,
-    /// Plain-HTTP upstream, `http://host:port`; host names are resolved again for each new connection.
+    /// Plain-HTTP upstream: `http://host:port` (host names are resolved again for each new
+    /// connection) or `unix:/path/to/app.sock` (HTTP/1.1 over a UNIX socket on this host).
     #[arg(long, env = "PROXY_UPSTREAM", value_name = "URL", default_value = DEFAULT_UPSTREAM)]
     pub upstream: String,
     /// Certificate chain (PEM).

@@ -4,7 +4,8 @@
 //! restart ([`FixedSettings`]).
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -32,17 +33,29 @@ pub enum LogFormat {
     Json,
 }
 
-/// The plain-HTTP upstream every request is forwarded to.
+/// The plain-HTTP upstream every request is forwarded to, and the key the pool keeps its
+/// connections under: a connection made to one upstream is never used for another.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Upstream {
-    pub scheme: Scheme,
-    pub authority: Authority,
+pub enum Upstream {
+    /// `http://host[:port]` over TCP; the name is resolved again for each new connection.
+    Tcp(Authority),
+    /// `unix:/path`: HTTP/1.1 over a UNIX stream socket on this host (a sidecar's app).
+    Unix(Arc<Path>),
 }
 
+/// The forms `PROXY_UPSTREAM` accepts, for error messages.
+const UPSTREAM_FORMS: &str = "use http://host:port or unix:/absolute/path/to/app.sock";
+
+/// The longest socket path the kernel takes (`sun_path` is 108 bytes with its terminating NUL).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+
 impl Upstream {
-    /// Parses `http://host[:port][/]`; anything else names the problem.
+    /// Parses `http://host[:port][/]` or `unix:/path`; anything else names the problem.
     pub fn parse(value: &str) -> Result<Upstream, ConfigError> {
         const SETTING: &str = "PROXY_UPSTREAM";
+        if let Some(path) = value.strip_prefix("unix:") {
+            return Self::parse_unix(value, path);
+        }
         if !value.contains("://") {
             let suggestion = format!("http://{}", value.trim().trim_start_matches('/'));
             return Err(invalid(
@@ -51,18 +64,17 @@ impl Upstream {
                 format!("the scheme is missing: use {suggestion}"),
             ));
         }
-        let uri: Uri = value.parse().map_err(|e| {
-            invalid(
-                SETTING,
-                value,
-                format!("not a URL ({e}); use http://host:port"),
-            )
-        })?;
+        let uri: Uri = value
+            .parse()
+            .map_err(|e| invalid(SETTING, value, format!("not a URL ({e}); {UPSTREAM_FORMS}")))?;
         if uri.scheme() != Some(&Scheme::HTTP) {
             return Err(invalid(
                 SETTING,
                 value,
-                "the upstream must be plain http:// (the proxy terminates TLS); use http://host:port",
+                format!(
+                    "the upstream must be plain http:// or a UNIX socket (the proxy terminates \
+                     TLS); {UPSTREAM_FORMS}"
+                ),
             ));
         }
         let Some(authority) = uri.authority().cloned() else {
@@ -89,16 +101,64 @@ impl Upstream {
                 "a path or query is not supported; requests keep their own path (use http://host:port)",
             ));
         }
-        Ok(Upstream {
-            scheme: Scheme::HTTP,
-            authority,
-        })
+        Ok(Upstream::Tcp(authority))
+    }
+
+    /// `path` is what follows `unix:` in `value`: an absolute path (a relative one would depend
+    /// on the directory the proxy was started in, which a reload cannot see).
+    fn parse_unix(value: &str, path: &str) -> Result<Upstream, ConfigError> {
+        const SETTING: &str = "PROXY_UPSTREAM";
+        if path.starts_with("//") {
+            return Err(invalid(
+                SETTING,
+                value,
+                "write a socket as unix: followed by its absolute path, e.g. unix:/run/app/app.sock",
+            ));
+        }
+        if !path.starts_with('/') {
+            return Err(invalid(
+                SETTING,
+                value,
+                "the socket path must be absolute, e.g. unix:/run/app/app.sock",
+            ));
+        }
+        if path.ends_with('/') {
+            return Err(invalid(
+                SETTING,
+                value,
+                "that names a directory; name the socket file in it, e.g. unix:/run/app/app.sock",
+            ));
+        }
+        if path.len() > MAX_SOCKET_PATH_BYTES {
+            return Err(invalid(
+                SETTING,
+                value,
+                format!(
+                    "a socket path is at most {MAX_SOCKET_PATH_BYTES} bytes (the kernel's limit); \
+                     use a shorter path"
+                ),
+            ));
+        }
+        Ok(Upstream::Unix(Arc::from(Path::new(path))))
+    }
+
+    /// Whether `other` is the same upstream. Usually they share one buffer (the pool keeps a
+    /// clone of the live upstream), which settles it without comparing the text.
+    pub fn same(&self, other: &Upstream) -> bool {
+        match (self, other) {
+            (Upstream::Tcp(a), Upstream::Tcp(b)) => std::ptr::eq(a.as_str(), b.as_str()) || a == b,
+            (Upstream::Unix(a), Upstream::Unix(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
     }
 }
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}", self.scheme, self.authority)
+        match self {
+            Upstream::Tcp(authority) => write!(f, "http://{authority}"),
+            Upstream::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
     }
 }
 
@@ -524,6 +584,10 @@ mod tests {
             (&["--upstream", "http://app:8000/api"], "PROXY_UPSTREAM"),
             (&["--upstream", "app:8000"], "PROXY_UPSTREAM"),
             (&["--upstream", "http://127.0.0.1:0"], "PROXY_UPSTREAM"),
+            (&["--upstream", "unix:app.sock"], "PROXY_UPSTREAM"),
+            (&["--upstream", "unix://run/app.sock"], "PROXY_UPSTREAM"),
+            (&["--upstream", "unix:/run/app/"], "PROXY_UPSTREAM"),
+            (&["--upstream", "unix:"], "PROXY_UPSTREAM"),
             (
                 &["--tls-handshake-timeout", "0"],
                 "PROXY_TLS_HANDSHAKE_TIMEOUT",
@@ -647,6 +711,39 @@ mod tests {
             Upstream::parse("http://app:8000/").unwrap().to_string(),
             "http://app:8000"
         );
+    }
+
+    #[test]
+    fn upstreams_parse_and_compare_by_kind() {
+        let socket = Upstream::parse("unix:/run/app/app.sock").unwrap();
+        assert_eq!(
+            socket,
+            Upstream::Unix(Arc::from(Path::new("/run/app/app.sock")))
+        );
+        assert_eq!(socket.to_string(), "unix:/run/app/app.sock");
+        let tcp = Upstream::parse("http://app:8000/").unwrap();
+        assert_eq!(tcp.to_string(), "http://app:8000");
+
+        // Host names compare without case; a prefix of the text is another authority.
+        let live = Upstream::parse("http://app:8000").unwrap();
+        assert!(live.same(&live.clone()));
+        assert!(live.same(&Upstream::parse("http://APP:8000").unwrap()));
+        assert!(!live.same(&Upstream::parse("http://app:8001").unwrap()));
+        assert!(!live.same(&Upstream::parse("http://app").unwrap()));
+
+        assert!(socket.same(&socket.clone()));
+        assert!(socket.same(&Upstream::parse("unix:/run/app/app.sock").unwrap()));
+        assert!(!socket.same(&Upstream::parse("unix:/run/app/other.sock").unwrap()));
+        assert!(!socket.same(&tcp) && !tcp.same(&socket));
+        // A host named like the socket is still another upstream.
+        let lookalike = Upstream::parse("http://unix:80").unwrap();
+        assert!(!lookalike.same(&Upstream::parse("unix:/80").unwrap()));
+
+        let long = format!("unix:/{}", "a".repeat(MAX_SOCKET_PATH_BYTES));
+        let err = Upstream::parse(&long).unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
+        let err = Upstream::parse("ftp://app").unwrap_err();
+        assert!(err.to_string().contains("unix:/"), "{err}");
     }
 
     #[test]

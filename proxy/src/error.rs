@@ -125,6 +125,8 @@ pub enum ConnectError {
     NoAddress,
     /// Every address refused or failed.
     Connect(SocketAddr, std::io::Error),
+    /// The UNIX socket at this path is missing, refused, or not accessible.
+    Socket(PathBuf, std::io::Error),
     /// Resolving and connecting took longer than `PROXY_UPSTREAM_CONNECT_TIMEOUT`.
     Timeout(Duration),
     /// The HTTP/1.1 connection could not be set up.
@@ -137,6 +139,27 @@ impl std::fmt::Display for ConnectError {
             ConnectError::Resolve(e) => write!(f, "name resolution failed: {e}"),
             ConnectError::NoAddress => f.write_str("the name resolved to no address"),
             ConnectError::Connect(addr, e) => write!(f, "connecting to {addr} failed: {e}"),
+            ConnectError::Socket(path, e) => {
+                write!(
+                    f,
+                    "connecting to UNIX socket {} failed: {e}",
+                    path.display()
+                )?;
+                f.write_str(match e.kind() {
+                    std::io::ErrorKind::NotFound => {
+                        " (no socket there: is the app listening on it, and is the directory \
+                         shared with the proxy?)"
+                    }
+                    std::io::ErrorKind::ConnectionRefused => {
+                        " (a socket file, but nothing listening on it: is the app running?)"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        " (the proxy's user may not connect: check the socket's mode and \
+                         owner, e.g. APP_SOCKET_MODE)"
+                    }
+                    _ => "",
+                })
+            }
             ConnectError::Timeout(timeout) => {
                 write!(
                     f,
@@ -151,7 +174,9 @@ impl std::fmt::Display for ConnectError {
 impl std::error::Error for ConnectError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ConnectError::Resolve(e) | ConnectError::Connect(_, e) => Some(e),
+            ConnectError::Resolve(e) | ConnectError::Connect(_, e) | ConnectError::Socket(_, e) => {
+                Some(e)
+            }
             ConnectError::Handshake(e) => Some(e),
             ConnectError::NoAddress | ConnectError::Timeout(_) => None,
         }

@@ -138,7 +138,7 @@ pub async fn forward(
         // An upgraded connection is the tunnel's, never the pool's.
         (Some(hyper::upgrade::on(&mut response)), None)
     } else {
-        (None, Some((pool.clone(), upstream.authority.clone(), conn)))
+        (None, Some((pool.clone(), upstream.clone(), conn)))
     };
     Ok(Proxied {
         response: PooledBody::wrap(response, checkin),

@@ -1,29 +1,41 @@
-//! Opening a connection to the upstream: resolving its name, connecting within the connect
-//! timeout, and setting up hyper's HTTP/1.1 client connection on it.
+//! Opening a connection to the upstream: resolving its name (or finding its UNIX socket),
+//! connecting within the connect timeout, and setting up hyper's HTTP/1.1 client connection on it.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use http::uri::Authority;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
 use super::exchange::UpstreamConn;
+use super::stream::UpstreamStream;
 use crate::config::Upstream;
 use crate::error::ConnectError;
 
 /// A new connection to `upstream`, within `timeout` for resolving and connecting.
 pub async fn connect(upstream: &Upstream, timeout: Duration) -> Result<UpstreamConn, ConnectError> {
-    let tcp = tokio::time::timeout(timeout, connect_tcp(&upstream.authority, timeout))
-        .await
-        .map_err(|_| ConnectError::Timeout(timeout))??;
-    if let Err(e) = tcp.set_nodelay(true) {
-        debug!(error = %e, "upstream TCP_NODELAY failed");
-    }
+    let stream = match upstream {
+        Upstream::Tcp(authority) => {
+            let tcp = tokio::time::timeout(timeout, connect_tcp(authority, timeout))
+                .await
+                .map_err(|_| ConnectError::Timeout(timeout))??;
+            if let Err(e) = tcp.set_nodelay(true) {
+                debug!(error = %e, "upstream TCP_NODELAY failed");
+            }
+            UpstreamStream::Tcp(tcp)
+        }
+        Upstream::Unix(path) => UpstreamStream::Unix(
+            tokio::time::timeout(timeout, connect_unix(path))
+                .await
+                .map_err(|_| ConnectError::Timeout(timeout))??,
+        ),
+    };
     let (sender, connection) = http1::Builder::new()
-        .handshake(TokioIo::new(tcp))
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(ConnectError::Handshake)?;
     Ok(UpstreamConn::new(sender, connection))
@@ -65,4 +77,13 @@ async fn connect_tcp(authority: &Authority, timeout: Duration) -> Result<TcpStre
         }
     }
     Err(last.unwrap_or(ConnectError::NoAddress))
+}
+
+/// Connects to the socket at `path`. A missing socket (the app not started, or the volume holding
+/// it not shared) and a refused connect (nothing listening on a stale socket file) fail at once,
+/// as a refused TCP connect does; a full listen backlog waits, within the caller's timeout.
+async fn connect_unix(path: &Path) -> Result<UnixStream, ConnectError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|e| ConnectError::Socket(path.to_path_buf(), e))
 }

@@ -22,15 +22,15 @@ use std::time::Duration;
 
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::debug;
 
 use super::body::UpstreamBody;
+use super::stream::UpstreamStream;
 
 /// hyper's half of an HTTP/1.1 client connection that does the I/O.
-pub(super) type HyperConnection = Connection<TokioIo<TcpStream>, UpstreamBody>;
+pub(super) type HyperConnection = Connection<TokioIo<UpstreamStream>, UpstreamBody>;
 
 /// One HTTP/1.1 connection to the upstream: the handle requests are sent with, and hyper's
 /// connection future that does the work (see the module's overview for who polls it).

@@ -13,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Authority;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -42,7 +41,8 @@ struct State {
 }
 
 struct Idle {
-    authority: Authority,
+    /// The upstream it goes to: after a reload, connections to the old one are not used.
+    upstream: Upstream,
     conn: UpstreamConn,
     since: Instant,
 }
@@ -80,7 +80,7 @@ impl Pool {
     }
     /// An idle connection to `upstream`, or a new one.
     pub async fn checkout(&self, upstream: &Upstream) -> Result<Checkout, ConnectError> {
-        if let Some(conn) = self.take_idle(&upstream.authority) {
+        if let Some(conn) = self.take_idle(upstream) {
             self.metrics.upstream_reused();
             return Ok(Checkout { conn, reused: true });
         }
@@ -108,7 +108,7 @@ impl Pool {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn take_idle(&self, authority: &Authority) -> Option<UpstreamConn> {
+    fn take_idle(&self, upstream: &Upstream) -> Option<UpstreamConn> {
         let mut state = self.state();
         let now = Instant::now();
         while let Some(idle) = state.idle.pop_back() {
@@ -121,8 +121,8 @@ impl Pool {
             // when returned (a close seen then ended it); a detached one's task keeps it current.
             // A close that arrived since is read by the request's first poll, which hands the
             // request back unsent for a new connection (see `forward`).
-            // Another authority is a pre-reload upstream.
-            if idle.conn.is_idle() && same_authority(&idle.authority, authority) {
+            // Another upstream is a pre-reload one (another host, or a socket instead of TCP).
+            if idle.conn.is_idle() && idle.upstream.same(upstream) {
                 return Some(idle.conn);
             }
         }
@@ -130,7 +130,7 @@ impl Pool {
     }
 
     /// Returns a connection whose exchange is complete.
-    fn checkin(self: &Arc<Self>, authority: Authority, mut conn: UpstreamConn) {
+    fn checkin(self: &Arc<Self>, upstream: Upstream, mut conn: UpstreamConn) {
         if self.max_idle == 0 {
             return;
         }
@@ -157,24 +157,24 @@ impl Pool {
                     if let Ok(true) = tokio::time::timeout(wait, finish).await {
                         let _ = conn.settle();
                         if conn.is_idle() {
-                            pool.push(authority, conn);
+                            pool.push(upstream, conn);
                         }
                     }
                 });
             }
             return;
         }
-        self.push(authority, conn);
+        self.push(upstream, conn);
     }
 
     /// Adds an idle connection; starts the reaper if none runs. Called within the runtime.
-    fn push(self: &Arc<Self>, authority: Authority, conn: UpstreamConn) {
+    fn push(self: &Arc<Self>, upstream: Upstream, conn: UpstreamConn) {
         let mut state = self.state();
         if state.idle.len() >= self.max_idle {
             state.idle.pop_front();
         }
         state.idle.push_back(Idle {
-            authority,
+            upstream,
             conn,
             since: Instant::now(),
         });
@@ -189,16 +189,10 @@ impl Pool {
 fn failure_cause(error: &ConnectError) -> ConnectFailure {
     match error {
         ConnectError::Resolve(_) | ConnectError::NoAddress => ConnectFailure::Dns,
-        ConnectError::Connect(_, e) => ConnectFailure::of_io(e),
+        ConnectError::Connect(_, e) | ConnectError::Socket(_, e) => ConnectFailure::of_io(e),
         ConnectError::Timeout(_) => ConnectFailure::Timeout,
         ConnectError::Handshake(_) => ConnectFailure::Other,
     }
-}
-
-/// Whether two authorities are the same. Usually they share one buffer (the pool keeps a clone of
-/// the live upstream's), which settles it without the case-insensitive comparison.
-fn same_authority(a: &Authority, b: &Authority) -> bool {
-    std::ptr::eq(a.as_str(), b.as_str()) || a == b
 }
 
 /// Closes idle connections as they pass the idle timeout; ends when the pool is empty.
@@ -232,7 +226,7 @@ async fn reap(pool: Weak<Pool>) {
 /// its connection down with it).
 pub struct PooledBody {
     inner: Incoming,
-    checkin: Option<(Arc<Pool>, Authority, UpstreamConn)>,
+    checkin: Option<(Arc<Pool>, Upstream, UpstreamConn)>,
 }
 
 impl PooledBody {
@@ -240,7 +234,7 @@ impl PooledBody {
     /// (an upgraded one, which has a task of its own).
     pub fn wrap(
         response: Response<Incoming>,
-        checkin: Option<(Arc<Pool>, Authority, UpstreamConn)>,
+        checkin: Option<(Arc<Pool>, Upstream, UpstreamConn)>,
     ) -> Response<PooledBody> {
         response.map(|inner| PooledBody { inner, checkin })
     }
@@ -248,9 +242,9 @@ impl PooledBody {
 
 impl Drop for PooledBody {
     fn drop(&mut self) {
-        if let Some((pool, authority, conn)) = self.checkin.take() {
+        if let Some((pool, upstream, conn)) = self.checkin.take() {
             if self.inner.is_end_stream() {
-                pool.checkin(authority, conn);
+                pool.checkin(upstream, conn);
             }
         }
     }
@@ -276,8 +270,8 @@ impl Body for PooledBody {
         match &poll {
             // The end: the connection goes back at once, not when hyper drops the body.
             Poll::Ready(None) => {
-                if let Some((pool, authority, conn)) = self.checkin.take() {
-                    pool.checkin(authority, conn);
+                if let Some((pool, upstream, conn)) = self.checkin.take() {
+                    pool.checkin(upstream, conn);
                 }
             }
             Poll::Ready(Some(Err(_))) => self.checkin = None,
@@ -292,25 +286,5 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authorities_compare_by_buffer_then_by_value() {
-        let live: Authority = "app:8000".parse().unwrap();
-        let pooled = live.clone();
-        assert!(same_authority(&pooled, &live));
-        // Another buffer with the same name (a reload that kept the upstream), in another case.
-        let reparsed: Authority = "APP:8000".parse().unwrap();
-        assert!(same_authority(&reparsed, &live));
-        let other: Authority = "app:8001".parse().unwrap();
-        assert!(!same_authority(&other, &live));
-        // A prefix of the same text is not the same authority.
-        let shorter: Authority = "app".parse().unwrap();
-        assert!(!same_authority(&shorter, &live));
     }
 }

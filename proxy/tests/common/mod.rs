@@ -1,6 +1,7 @@
 //! Shared integration-test support: a test CA and server certificate made at run time (rcgen), a
-//! rustls client config trusting it, a recording plain-HTTP test upstream, a proxy started on
-//! 127.0.0.1:0, and TLS HTTP/1.1 and HTTP/2 client helpers. Other test files may append helpers.
+//! rustls client config trusting it, a recording plain-HTTP test upstream (on TCP or a UNIX
+//! socket), a proxy started on 127.0.0.1:0, and TLS HTTP/1.1 and HTTP/2 client helpers. Other
+//! test files may append helpers.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
@@ -23,6 +24,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::server::Proxy;
+use proxy::upstream::stream::UpstreamStream;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -115,7 +117,11 @@ impl TestPki {
 
 /// The command line a test proxy is configured from: no env file, the test pair, `extra` last.
 pub fn proxy_argv(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> Vec<OsString> {
-    let upstream = format!("http://{upstream}");
+    proxy_argv_url(pki, &format!("http://{upstream}"), extra)
+}
+
+/// [`proxy_argv`] for an upstream given as `--upstream` takes it (`http://…` or `unix:/…`).
+pub fn proxy_argv_url(pki: &TestPki, upstream: &str, extra: &[&str]) -> Vec<OsString> {
     let mut argv: Vec<OsString> = [
         "proxy",
         "--env-file",
@@ -123,7 +129,7 @@ pub fn proxy_argv(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> Vec<Os
         "--listen",
         "127.0.0.1:0",
         "--upstream",
-        upstream.as_str(),
+        upstream,
     ]
     .iter()
     .map(OsString::from)
@@ -151,17 +157,22 @@ pub struct TestProxy {
 impl TestProxy {
     /// Starts a proxy in front of `upstream`; `extra` are further flags.
     pub async fn start(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> TestProxy {
+        TestProxy::launch(pki, &format!("http://{upstream}"), extra, None).await
+    }
+
+    /// Starts a proxy in front of the upstream `--upstream` names (`http://…` or `unix:/…`).
+    pub async fn start_url(pki: &TestPki, upstream: &str, extra: &[&str]) -> TestProxy {
         TestProxy::launch(pki, upstream, extra, None).await
     }
 
-    /// [`TestProxy::start`], serving the admin endpoints on `admin` as well.
+    /// [`TestProxy::start_url`], serving the admin endpoints on `admin` as well.
     async fn launch(
         pki: &TestPki,
-        upstream: SocketAddr,
+        upstream: &str,
         extra: &[&str],
         admin: Option<TcpListener>,
     ) -> TestProxy {
-        let argv = proxy_argv(pki, upstream, extra);
+        let argv = proxy_argv_url(pki, upstream, extra);
         let cli = proxy::cli::parse(&argv, &HashMap::new()).expect("test configuration parses");
         let mut assembled = proxy::build(&cli).expect("test proxy assembles");
         if let Some(admin) = admin {
@@ -227,7 +238,10 @@ type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// - `/ws`: accepts an upgrade (101) and echoes bytes on the upgraded connection;
 /// - anything else: 200 `hello` with hop-by-hop headers the proxy must strip.
 pub struct TestUpstream {
+    /// The TCP address (`0.0.0.0:0` for a socket upstream, which has none: use `url`).
     pub addr: SocketAddr,
+    /// What `--upstream` names: `http://ADDR` or `unix:/PATH`.
+    pub url: String,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     /// Number of TCP connections accepted.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
@@ -253,9 +267,23 @@ impl TestUpstream {
         TestUpstream::serve(listener)
     }
 
+    /// Binds a UNIX socket at `path` (in a test's temp dir) and serves on it.
+    pub fn start_unix(path: &std::path::Path) -> TestUpstream {
+        let listener = tokio::net::UnixListener::bind(path).expect("bind upstream socket");
+        TestUpstream::serve_on(
+            Listener::Unix(listener),
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            format!("unix:{}", path.display()),
+        )
+    }
+
     /// Serves on an already bound listener.
     pub fn serve(listener: TcpListener) -> TestUpstream {
         let addr = listener.local_addr().expect("upstream addr");
+        TestUpstream::serve_on(Listener::Tcp(listener), addr, format!("http://{addr}"))
+    }
+
+    fn serve_on(listener: Listener, addr: SocketAddr, url: String) -> TestUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let arrived = Arc::new(tokio::sync::Notify::new());
@@ -267,7 +295,7 @@ impl TestUpstream {
             let sent = body_bytes_sent.clone();
             tokio::spawn(async move {
                 loop {
-                    let Ok((tcp, _)) = listener.accept().await else {
+                    let Ok(stream) = listener.accept().await else {
                         continue;
                     };
                     connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -279,7 +307,7 @@ impl TestUpstream {
                             upstream_service(req, seen.clone(), arrived.clone(), sent.clone())
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tcp), service)
+                            .serve_connection(TokioIo::new(stream), service)
                             .with_upgrades()
                             .await;
                     });
@@ -288,6 +316,7 @@ impl TestUpstream {
         };
         TestUpstream {
             addr,
+            url,
             seen,
             connections,
             arrived,
@@ -304,6 +333,21 @@ impl TestUpstream {
     /// The last request head received.
     pub fn last(&self) -> Seen {
         self.seen().pop().expect("the upstream received a request")
+    }
+}
+
+/// What a test upstream accepts connections on.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<UpstreamStream> {
+        match self {
+            Listener::Tcp(listener) => Ok(UpstreamStream::Tcp(listener.accept().await?.0)),
+            Listener::Unix(listener) => Ok(UpstreamStream::Unix(listener.accept().await?.0)),
+        }
     }
 }
 
@@ -565,7 +609,7 @@ pub async fn start_with_admin(
 ) -> (TestProxy, SocketAddr) {
     let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
     let admin_addr = admin.local_addr().expect("admin addr");
-    let proxy = TestProxy::launch(pki, upstream, extra, Some(admin)).await;
+    let proxy = TestProxy::launch(pki, &format!("http://{upstream}"), extra, Some(admin)).await;
     (proxy, admin_addr)
 }
 
