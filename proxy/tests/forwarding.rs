@@ -206,6 +206,7 @@ async fn the_response_timeout_starts_after_a_slow_upload() {
     let response =
         tokio::spawn(async move { collect(client.send_request(request).await.unwrap()).await });
     // The upload takes about three times the response timeout; the upstream answers only after it.
+    // The client's pace is the point of the test (virtual time).
     let started = tokio::time::Instant::now();
     for _ in 0..4 {
         tx.send(Bytes::from_static(&[7u8; 1000])).await.unwrap();
@@ -272,7 +273,7 @@ async fn hung_upstream_is_504_over_http1() {
     for round in 0..2 {
         if round == 1 {
             // An upstream connection for the pool, then idle long enough to be parked: the next
-            // request starts a new hyper connection and reuses the pooled one.
+            // request starts a new hyper connection and reuses the pooled one (virtual time).
             let (status, _, _) = collect(client.send_request(get("/ok")).await.unwrap()).await;
             assert_eq!(status, StatusCode::OK);
             tokio::time::sleep(Duration::from_millis(600)).await;

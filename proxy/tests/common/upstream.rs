@@ -181,6 +181,7 @@ async fn upstream_service(
         let _ = released.wait_for(|released| *released).await;
         Response::new(full("held"))
     } else if let Some(ms) = path.strip_prefix("/sleep/") {
+        // Real time: backend latency under load, which no test waits out (`/held` is the event).
         tokio::time::sleep(Duration::from_millis(ms.parse().expect("ms"))).await;
         Response::new(full("slept"))
     } else if path == "/ws" {
