@@ -1,4 +1,4 @@
-//! CORS end to end in a real browser (issue 4): headless Chromium loads the demo page
+//! CORS end to end in a real browser: headless Chromium loads the demo page
 //! (`deploy/cors-demo/ajax_test.html`) from `http://localhost:<port>` and runs its credentialed
 //! login, "who am I" and logout against the proxy (TLS with the dev certificate, pinned by SPKI) in
 //! front of the real app. A recording hop between proxy and app shows what reached the app.
@@ -16,6 +16,7 @@
 
 #[path = "browser/chromium.rs"]
 mod chromium;
+mod common;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,11 +24,11 @@ use std::ffi::OsString;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chromium::{Browser, Exchange, Page};
+use common::TempDir;
 use http::{header, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -48,7 +49,7 @@ const DEMO_USER: &str = "behai_nguyen@hotmail.com";
 const DEMO_PASSWORD: &str = "password";
 const DEMO_FULL_NAME: &str = "Be Hai Doe";
 
-/// The refused origin from issue 4.
+/// The one allowed origin of the refusal scenario: not the demo page's, so its calls are refused.
 const FOREIGN_ORIGIN: &str = "https://google.com";
 
 // ------------------------------------------------------------------------------------ the tests
@@ -338,7 +339,7 @@ impl TestEnv {
         let ca = proxy::cmd::localca::LocalCa::generate().expect("a local CA");
         let cert = devcert::generate(&ca, &[]).expect("generate the dev certificate");
         let (cert_path, key_path) =
-            devcert::write_pair(&dir.0.join("cert"), &cert, false).expect("write the dev pair");
+            devcert::write_pair(&dir.join("cert"), &cert, false).expect("write the dev pair");
         let page = serve_demo_page().await;
         TestEnv {
             name,
@@ -359,7 +360,7 @@ impl TestEnv {
         Browser::launch(
             binary,
             std::slice::from_ref(&self.cert.spki_sha256),
-            &self.dir.0.join("chromium-profile"),
+            &self.dir.join("chromium-profile"),
             // Beside the build rather than in the scratch directory, so it outlives a failure.
             &Path::new(env!("CARGO_TARGET_TMPDIR"))
                 .join(format!("browser-{}-chromium.log", self.name)),
@@ -403,7 +404,7 @@ impl Stack {
         let (hop, reached_app) = serve_recording_hop(app_addr, stopper(&mut stop)).await;
 
         // The original app's `.env`, plus where the proxy finds its upstream and certificate.
-        let env_file = env.dir.0.join(format!("proxy-{}.env", hop.port()));
+        let env_file = env.dir.join(format!("proxy-{}.env", hop.port()));
         let dotenv = format!(
             "ALLOW_ORIGINS=\"{allow_origins}\"\n\
              ALLOW_CREDENTIALS=True\n\
@@ -554,27 +555,4 @@ async fn serve_recording_hop(
         }
     });
     (addr, seen)
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "proxy-browser-test-{name}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create the test directory");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

@@ -81,11 +81,11 @@ fn mode(path: &Path) -> u32 {
 
 #[tokio::test]
 async fn without_a_certificate_the_proxy_serves_one_from_its_local_ca_and_reuses_it() {
-    let home = common::temp_dir("devcert-home");
-    let work = common::temp_dir("devcert-cwd");
+    let home = common::TempDir::new("devcert-home");
+    let work = common::TempDir::new("devcert-cwd");
     let data = home.join(".local/share/proxy");
 
-    let (mut first, addr, log) = start(&work, &home).await;
+    let (mut first, addr, log) = start(work.path(), home.path()).await;
     assert!(log.contains("serving the development certificate"), "{log}");
     assert!(
         log.contains(&data.join("localhost/cert.pem").display().to_string()),
@@ -99,7 +99,7 @@ async fn without_a_certificate_the_proxy_serves_one_from_its_local_ca_and_reuses
     first.kill().await.unwrap();
 
     let ca_before = std::fs::read(data.join("ca.pem")).unwrap();
-    let (mut second, addr, log) = start(&work, &home).await;
+    let (mut second, addr, log) = start(work.path(), home.path()).await;
     assert!(log.contains("\"issued_now\":false"), "{log}");
     assert_eq!(
         served_by_ca(&data.join("ca.pem"), addr).await,
@@ -112,7 +112,7 @@ async fn without_a_certificate_the_proxy_serves_one_from_its_local_ca_and_reuses
 
 #[test]
 fn proxy_cert_keeps_the_ca_and_reissues_the_certificate() {
-    let dir = common::temp_dir("devcert-cmd");
+    let dir = common::TempDir::new("devcert-cmd");
     let data = dir.join("data");
     let run = |args: &[&str]| {
         let output = Command::new(BIN)

@@ -38,7 +38,7 @@ fn run_to_exit(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String)
 #[test]
 fn start_up_errors_exit_64_and_name_the_setting() {
     let pki = TestPki::new();
-    let dir = common::temp_dir("startup");
+    let dir = common::TempDir::new("startup");
     let occupied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = occupied.local_addr().unwrap().to_string();
     let cert = pki.cert_path.to_str().unwrap();
@@ -74,14 +74,14 @@ fn start_up_errors_exit_64_and_name_the_setting() {
         ),
     ];
     for (args, env, needle) in cases {
-        let (code, output) = run_to_exit(&dir, args, env);
+        let (code, output) = run_to_exit(dir.path(), args, env);
         assert_eq!(code, 64, "{args:?} {env:?}: {output}");
         assert!(
             output.contains(needle),
             "{args:?} {env:?}: {needle} not in {output}"
         );
     }
-    let (code, output) = run_to_exit(&dir, &["--help"], &[]);
+    let (code, output) = run_to_exit(dir.path(), &["--help"], &[]);
     assert_eq!(code, 0, "{output}");
     assert!(output.contains("PROXY_UPSTREAM"), "{output}");
 }
@@ -91,7 +91,7 @@ fn start_up_errors_exit_64_and_name_the_setting() {
 #[tokio::test]
 async fn unusable_tls_pair_exits_64_and_names_the_file() {
     let pki = TestPki::new();
-    let dir = common::temp_dir("bad-pair");
+    let dir = common::TempDir::new("bad-pair");
     let cert = pki.cert_path.to_str().unwrap();
     let key = pki.key_path.to_str().unwrap();
     // A PEM file holding only a key, given as the certificate (the classic swap).
@@ -132,7 +132,7 @@ async fn unusable_tls_pair_exits_64_and_names_the_file() {
             tokio::process::Command::new(BIN)
                 .args(args)
                 .env_clear()
-                .current_dir(&dir)
+                .current_dir(dir.path())
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
                 .output(),
@@ -276,14 +276,14 @@ async fn redirect_location(addr: std::net::SocketAddr, path: &str) -> String {
 async fn redirect_names_the_published_https_port() {
     let pki = TestPki::new();
     let upstream = TestUpstream::start().await;
-    let dir = common::temp_dir("redirect-port");
+    let dir = common::TempDir::new("redirect-port");
     let upstream_url = format!("http://{}", upstream.addr);
     for (port, expected) in [
         ("443", "https://localhost/a?b"),
         ("9443", "https://localhost:9443/a?b"),
     ] {
         let running = spawn_proxy(
-            &dir,
+            dir.path(),
             &[
                 ("PROXY_UPSTREAM", upstream_url.as_str()),
                 ("TLS_CERT_FILE", pki.cert_path.to_str().unwrap()),
@@ -300,7 +300,7 @@ async fn redirect_names_the_published_https_port() {
 async fn process_reads_env_file_reloads_on_sighup_and_exits_cleanly_on_sigterm() {
     let pki = TestPki::new();
     let upstream = TestUpstream::start().await;
-    let dir = common::temp_dir("process");
+    let dir = common::TempDir::new("process");
     // The original app's `.env` keys sit beside ours; unknown ones (REDIS_URL) are ignored.
     std::fs::write(
         dir.join(".env"),
@@ -313,7 +313,7 @@ async fn process_reads_env_file_reloads_on_sighup_and_exits_cleanly_on_sigterm()
     )
     .unwrap();
     // Only SIGHUP may reload here: the file watcher is slowed down out of the way.
-    let mut running = spawn_proxy(&dir, &[("PROXY_CERT_WATCH_INTERVAL", "1h")]).await;
+    let mut running = spawn_proxy(dir.path(), &[("PROXY_CERT_WATCH_INTERVAL", "1h")]).await;
 
     let mut client = h1::<Empty<Bytes>>(&pki, running.addr).await;
     let (status, _, body) = collect(client.send_request(get("/")).await.unwrap()).await;
@@ -356,7 +356,7 @@ async fn process_reads_env_file_reloads_on_sighup_and_exits_cleanly_on_sigterm()
 async fn start_up_log_names_the_env_file_the_sources_and_misspelt_keys() {
     let pki = TestPki::new();
     let upstream = TestUpstream::start().await;
-    let dir = common::temp_dir("provenance");
+    let dir = common::TempDir::new("provenance");
     std::fs::write(
         dir.join(".env"),
         format!(
@@ -369,7 +369,7 @@ async fn start_up_log_names_the_env_file_the_sources_and_misspelt_keys() {
         ),
     )
     .unwrap();
-    let running = spawn_proxy(&dir, &[("MAX_AGE", "60")]).await;
+    let running = spawn_proxy(dir.path(), &[("MAX_AGE", "60")]).await;
     let warnings: Vec<&str> = running
         .startup
         .iter()
@@ -423,14 +423,14 @@ async fn start_up_log_names_the_env_file_the_sources_and_misspelt_keys() {
 async fn access_log_lines_carry_the_connection_and_round_durations() {
     let pki = TestPki::new();
     let upstream = TestUpstream::start().await;
-    let dir = common::temp_dir("access-log");
+    let dir = common::TempDir::new("access-log");
     let upstream_url = format!("http://{}", upstream.addr);
     let (cert, key) = (
         pki.cert_path.display().to_string(),
         pki.key_path.display().to_string(),
     );
     let mut running = spawn_proxy(
-        &dir,
+        dir.path(),
         &[
             ("PROXY_UPSTREAM", upstream_url.as_str()),
             ("TLS_CERT_FILE", cert.as_str()),

@@ -173,32 +173,30 @@ async fn small_buffer_tls(
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     hyper_util::rt::TokioIo::new(connector.connect(name, tcp).await.unwrap())
 }
-/// The upstream's counter counts as settled when it has not moved for this long.
+
+/// The upstream counts as settled when it has let go of no byte for this long. Real time:
+/// "stopped" is the absence of progress, which only a quiet period shows; a paused clock would
+/// move on whenever the runtime waits for the kernel's sockets and could call a moving transfer
+/// settled.
 const SETTLED: Duration = Duration::from_millis(500);
-/// How often the counter is looked at while settling.
-const POLL: Duration = Duration::from_millis(25);
-/// The longest the counter may keep growing before the test gives up.
+/// The longest the upstream may keep writing before the test gives up.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(20);
 
-/// Waits until the upstream's written-bytes counter stops growing and returns its value.
+/// Waits until the upstream stops writing (no body progress for [`SETTLED`]) and returns what it
+/// has written.
 async fn settled(upstream: &TestUpstream) -> u64 {
     let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
-    let mut last = upstream.body_bytes_sent.load(Ordering::SeqCst);
-    let mut unchanged_since = tokio::time::Instant::now();
-    loop {
-        tokio::time::sleep(POLL).await;
-        let now = upstream.body_bytes_sent.load(Ordering::SeqCst);
-        if now != last {
-            last = now;
-            unchanged_since = tokio::time::Instant::now();
-        } else if unchanged_since.elapsed() >= SETTLED {
-            return now;
-        }
+    while tokio::time::timeout(SETTLED, upstream.body_progress.notified())
+        .await
+        .is_ok()
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the upstream kept writing ({now} bytes so far) while the client read nothing"
+            "the upstream kept writing ({} bytes so far) while the client read nothing",
+            upstream.body_bytes_sent.load(Ordering::SeqCst)
         );
     }
+    upstream.body_bytes_sent.load(Ordering::SeqCst)
 }
 
 /// Reads a little of `response`, pauses, checks the upstream was throttled, then reads the rest.

@@ -1,29 +1,23 @@
 //! TLS material end to end: start-up errors, key formats and chains, reload (explicit and by file
-//! watching) seen through real tokio-rustls handshakes, session resumption, the dev certificate and
-//! the health check. Certificates come from a test CA made at run time.
+//! watching) seen through real tokio-rustls handshakes, and session resumption. Certificates come
+//! from a test CA made at run time.
 
-use std::io;
-use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod common;
+
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
-use proxy::cli::{CertArgs, HealthcheckArgs};
-use proxy::cmd::devcert::{self, DevCertError};
-use proxy::cmd::healthcheck::{self, HealthError};
-use proxy::cmd::localca::LocalCa;
+use common::tls_server::{connect, serve};
+use common::{provider, TempDir};
 use proxy::tls::{self, CertStore, TlsError};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, RootCertStore};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 /// Upper bound for anything that is retried until it happens (file watching).
 const EVENTUALLY: Duration = Duration::from_secs(10);
@@ -31,47 +25,6 @@ const EVENTUALLY: Duration = Duration::from_secs(10);
 const WATCH_INTERVAL: Duration = Duration::from_millis(20);
 
 // ---------------------------------------------------------------- helpers
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "proxy-tls-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-
-    /// Replaces a file the way rotation tools do: write aside, rename over.
-    fn replace(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
-        let tmp = self.write(&format!(".{name}.new"), contents);
-        let path = self.0.join(name);
-        std::fs::rename(tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
 
 fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
@@ -223,59 +176,6 @@ fn write_pair(dir: &TempDir, ca: &TestCa, leaf: &Leaf) -> (PathBuf, PathBuf) {
     )
 }
 
-/// A minimal TLS server with the proxy's config: it reads one request and answers 204.
-async fn serve(store: Arc<CertStore>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = TlsAcceptor::from(tls::server_config(store));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = [0u8; 1024];
-                if matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {
-                    let _ = tls
-                        .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
-                        .await;
-                }
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-/// What a client saw of one connection.
-struct Seen {
-    cert: CertificateDer<'static>,
-    kind: HandshakeKind,
-    alpn: Option<Vec<u8>>,
-    version: rustls::ProtocolVersion,
-}
-
-/// One connection: handshake, one request, read to the end (which also takes in TLS 1.3 tickets).
-async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> io::Result<Seen> {
-    let tcp = TcpStream::connect(addr).await?;
-    let name = ServerName::try_from("localhost").unwrap();
-    let mut tls = TlsConnector::from(config).connect(name, tcp).await?;
-    let (_, conn) = tls.get_ref();
-    let seen = Seen {
-        cert: conn.peer_certificates().unwrap()[0].clone().into_owned(),
-        kind: conn.handshake_kind().unwrap(),
-        alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
-        version: conn.protocol_version().unwrap(),
-    };
-    tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await?;
-    let mut response = Vec::new();
-    tls.read_to_end(&mut response).await?;
-    assert!(response.starts_with(b"HTTP/1.1 204"), "{response:?}");
-    Ok(seen)
-}
-
 // ---------------------------------------------------------------- start-up errors
 
 /// Whether an error is the expected variant (table-driven cases).
@@ -283,10 +183,10 @@ type Expected = fn(&TlsError) -> bool;
 
 #[test]
 fn missing_files_are_named() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (cert, key) = write_pair(&dir, &ca, &ca.leaf());
-    let absent = dir.0.join("absent.pem");
+    let absent = dir.join("absent.pem");
 
     let err = CertStore::load(&absent, &key).unwrap_err();
     assert!(matches!(err, TlsError::CertMissing { .. }), "{err:?}");
@@ -303,7 +203,7 @@ fn missing_files_are_named() {
 
 #[test]
 fn certificate_file_problems_are_named() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let leaf = ca.leaf();
     let key = dir.write("key.pem", &leaf.key_pem);
@@ -343,7 +243,7 @@ fn certificate_file_problems_are_named() {
 
 #[test]
 fn key_file_problems_are_named() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let leaf = ca.leaf();
     let cert = dir.write("cert.pem", &leaf.cert_pem);
@@ -373,7 +273,7 @@ fn key_file_problems_are_named() {
 
 #[test]
 fn mismatch_names_both_files() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let cert = dir.write("mine.pem", ca.leaf().cert_pem);
     let key = dir.write("theirs.key", ca.leaf().key_pem);
@@ -395,7 +295,7 @@ async fn all_key_formats_load_and_serve() {
         ("SEC1", key_sec1_p256(), &rcgen::PKCS_ECDSA_P256_SHA256),
         ("PKCS#1", key_pkcs1_rsa(), &rcgen::PKCS_RSA_SHA256),
     ] {
-        let dir = TempDir::new();
+        let dir = TempDir::new("tls");
         let leaf = ca.leaf_for(key_pem, alg);
         let (cert, key) = write_pair(&dir, &ca, &leaf);
         let store = CertStore::load(&cert, &key).unwrap_or_else(|e| panic!("{format}: {e}"));
@@ -407,7 +307,7 @@ async fn all_key_formats_load_and_serve() {
 
 #[tokio::test]
 async fn chain_is_served_and_described() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let leaf = ca.leaf();
     let (cert, key) = write_pair(&dir, &ca, &leaf);
@@ -433,7 +333,7 @@ async fn chain_is_served_and_described() {
 
 #[tokio::test]
 async fn alpn_and_versions() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (cert, key) = write_pair(&dir, &ca, &ca.leaf());
     let addr = serve(CertStore::load(&cert, &key).unwrap()).await;
@@ -456,7 +356,7 @@ async fn alpn_and_versions() {
 
 #[tokio::test]
 async fn tls13_resumes_with_tickets() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (cert, key) = write_pair(&dir, &ca, &ca.leaf());
     let addr = serve(CertStore::load(&cert, &key).unwrap()).await;
@@ -472,7 +372,7 @@ async fn tls13_resumes_with_tickets() {
 
 #[tokio::test]
 async fn tls12_resumes_with_tickets_and_with_session_ids() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (cert, key) = write_pair(&dir, &ca, &ca.leaf());
     let addr = serve(CertStore::load(&cert, &key).unwrap()).await;
@@ -496,7 +396,7 @@ async fn tls12_resumes_with_tickets_and_with_session_ids() {
 
 #[tokio::test]
 async fn reload_serves_the_new_pair_to_new_handshakes() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (old, new) = (ca.leaf(), ca.leaf());
     let (cert, key) = write_pair(&dir, &ca, &old);
@@ -521,7 +421,7 @@ async fn reload_serves_the_new_pair_to_new_handshakes() {
 
 #[tokio::test]
 async fn broken_new_pair_is_rejected_and_the_old_one_keeps_serving() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (old, new) = (ca.leaf(), ca.leaf());
     let (cert, key) = write_pair(&dir, &ca, &old);
@@ -551,9 +451,10 @@ async fn broken_new_pair_is_rejected_and_the_old_one_keeps_serving() {
     }
 }
 
-#[tokio::test]
+/// On a paused clock: the watcher's polls and the waits between connections are virtual time.
+#[tokio::test(start_paused = true)]
 async fn watch_picks_up_a_rotation_and_never_serves_a_broken_pair() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (old, new) = (ca.leaf(), ca.leaf());
     let (cert, key) = write_pair(&dir, &ca, &old);
@@ -567,6 +468,7 @@ async fn watch_picks_up_a_rotation_and_never_serves_a_broken_pair() {
     while Instant::now() < deadline {
         let seen = connect(addr, ca.client_config()).await.unwrap();
         assert_eq!(seen.cert, old.der());
+        // Virtual time: the watcher polls in between, and nothing waits in real time.
         tokio::time::sleep(WATCH_INTERVAL / 2).await;
     }
 
@@ -581,6 +483,7 @@ async fn watch_picks_up_a_rotation_and_never_serves_a_broken_pair() {
         }
         assert_eq!(seen.cert, old.der());
         assert!(Instant::now() < deadline, "rotation not picked up");
+        // Virtual time, as above.
         tokio::time::sleep(WATCH_INTERVAL / 2).await;
     }
     watcher.abort();
@@ -588,7 +491,7 @@ async fn watch_picks_up_a_rotation_and_never_serves_a_broken_pair() {
 
 #[tokio::test]
 async fn watch_task_ends_with_the_store() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("tls");
     let ca = TestCa::new();
     let (cert, key) = write_pair(&dir, &ca, &ca.leaf());
     let store = CertStore::load(&cert, &key).unwrap();
@@ -598,285 +501,4 @@ async fn watch_task_ends_with_the_store() {
         .await
         .expect("the watch task holds no strong reference")
         .unwrap();
-}
-
-// ---------------------------------------------------------------- dev certificate
-
-/// Accepts exactly the certificate whose SPKI hashes to the pin (as Chromium's
-/// `--ignore-certificate-errors-spki-list` does), checking handshake signatures.
-#[derive(Debug)]
-struct SpkiPin {
-    pin: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for SpkiPin {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let (_, cert) = x509_parser::parse_x509_certificate(end_entity)
-            .map_err(|_| rustls::Error::General("unparsable certificate".into()))?;
-        match tls::spki_sha256_base64(cert.public_key().raw) == self.pin {
-            true => Ok(ServerCertVerified::assertion()),
-            false => Err(rustls::Error::General("SPKI pin mismatch".into())),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-fn pinning_client(pin: &str) -> Arc<ClientConfig> {
-    let verifier = Arc::new(SpkiPin {
-        pin: pin.to_owned(),
-        provider: provider(),
-    });
-    Arc::new(
-        ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth(),
-    )
-}
-
-fn mode_of(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-#[tokio::test]
-async fn dev_certificate_loads_and_clients_can_pin_or_trust_it() {
-    let dir = TempDir::new();
-    let ca = LocalCa::generate().unwrap();
-    let dev = devcert::generate(&ca, &["app.test".to_string()]).unwrap();
-    let (cert, key) = devcert::write_pair(&dir.0, &dev, false).unwrap();
-    assert_eq!(mode_of(&key), 0o600);
-
-    let store = CertStore::load(&cert, &key).unwrap();
-    let info = store.info();
-    assert_eq!(info.spki_sha256, dev.spki_sha256);
-    assert_eq!(info.sans, ["localhost", "127.0.0.1", "::1", "app.test"]);
-    let addr = serve(store).await;
-
-    // Pinned by SPKI, as the printed Chromium flag does.
-    let seen = connect(addr, pinning_client(&dev.spki_sha256))
-        .await
-        .unwrap();
-    assert_eq!(
-        seen.cert.as_ref(),
-        CertificateDer::from_pem_slice(dev.cert_pem.as_bytes())
-            .unwrap()
-            .as_ref()
-    );
-    // A wrong pin is refused.
-    let other = devcert::generate(&ca, &[]).unwrap();
-    let err = connect(addr, pinning_client(&other.spki_sha256)).await;
-    assert!(err.is_err(), "a wrong pin must not connect");
-
-    // The local CA trusted as a root, as after `proxy cert --trust` or a keychain import.
-    let mut roots = RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let trusting = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    connect(addr, Arc::new(trusting)).await.unwrap();
-}
-
-#[test]
-fn dev_certificate_is_not_overwritten_without_force() {
-    let dir = TempDir::new();
-    let ca = LocalCa::generate().unwrap();
-    let first = devcert::generate(&ca, &[]).unwrap();
-    let (cert, key) = devcert::write_pair(&dir.0, &first, false).unwrap();
-
-    let second = devcert::generate(&ca, &[]).unwrap();
-    let err = devcert::write_pair(&dir.0, &second, false).unwrap_err();
-    assert!(matches!(err, DevCertError::Exists { .. }), "{err:?}");
-    assert!(err.to_string().contains("--force"), "{err}");
-    assert_eq!(std::fs::read_to_string(&key).unwrap(), first.key_pem);
-
-    // Even over a key that someone made world-readable, the replacement is 0600.
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    devcert::write_pair(&dir.0, &second, true).unwrap();
-    assert_eq!(std::fs::read_to_string(&key).unwrap(), second.key_pem);
-    assert_eq!(std::fs::read_to_string(&cert).unwrap(), second.cert_pem);
-    assert_eq!(mode_of(&key), 0o600);
-    // No temporary files left behind.
-    let mut names: Vec<_> = std::fs::read_dir(&dir.0)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(names, ["cert.pem", "key.pem"]);
-}
-
-#[test]
-fn cert_command_creates_the_directory_and_respects_if_missing() {
-    let dir = TempDir::new();
-    let out_dir = dir.0.join("nested/cert");
-    let data_dir = dir.0.join("data");
-    let args = |force, if_missing| CertArgs {
-        out_dir: out_dir.clone(),
-        names: vec![],
-        force,
-        if_missing,
-    };
-    devcert::run(&args(false, false), &data_dir).unwrap();
-    let key = std::fs::read_to_string(out_dir.join("key.pem")).unwrap();
-    devcert::run(&args(false, true), &data_dir).unwrap();
-    assert_eq!(
-        std::fs::read_to_string(out_dir.join("key.pem")).unwrap(),
-        key
-    );
-    assert!(matches!(
-        devcert::run(&args(false, false), &data_dir),
-        Err(DevCertError::Exists { .. })
-    ));
-    devcert::run(&args(true, false), &data_dir).unwrap();
-    assert_ne!(
-        std::fs::read_to_string(out_dir.join("key.pem")).unwrap(),
-        key
-    );
-    CertStore::load(out_dir.join("cert.pem"), out_dir.join("key.pem")).unwrap();
-}
-
-// ---------------------------------------------------------------- health check
-
-fn health_args(addr: SocketAddr, http: bool) -> HealthcheckArgs {
-    HealthcheckArgs {
-        addr: Some(addr.to_string()),
-        listen: None,
-        timeout: Duration::from_millis(1500),
-        http,
-        ready: false,
-        admin_listen: None,
-    }
-}
-
-async fn healthcheck(args: HealthcheckArgs) -> Result<(), HealthError> {
-    tokio::task::spawn_blocking(move || healthcheck::run(&args))
-        .await
-        .unwrap()
-}
-
-#[tokio::test]
-async fn healthcheck_passes_against_a_live_tls_listener() {
-    let dir = TempDir::new();
-    let ca = TestCa::new();
-    let (cert, key) = write_pair(&dir, &ca, &ca.leaf());
-    let addr = serve(CertStore::load(&cert, &key).unwrap()).await;
-    healthcheck(health_args(addr, false)).await.unwrap();
-    healthcheck(health_args(addr, true)).await.unwrap();
-}
-
-#[tokio::test]
-async fn healthcheck_fails_against_a_closed_port() {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap(); // The listener is dropped here: nothing listens on addr.
-    let err = healthcheck(health_args(addr, false)).await.unwrap_err();
-    assert!(matches!(err, HealthError::Connect { .. }), "{err:?}");
-}
-
-#[tokio::test]
-async fn healthcheck_fails_against_plain_http_and_silent_listeners() {
-    // A plain-HTTP server answers the ClientHello with an HTTP error.
-    let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let plain_addr = plain.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = plain.accept().await {
-            let _ = tcp
-                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                .await;
-        }
-    });
-    let err = healthcheck(health_args(plain_addr, false))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, HealthError::Handshake { .. }), "{err:?}");
-    assert!(!err.to_string().contains('\n'));
-
-    // A listener that accepts and never answers: the check gives up at its timeout.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = silent.accept().await {
-            held.push(tcp);
-        }
-    });
-    let mut args = health_args(silent_addr, false);
-    args.timeout = Duration::from_millis(300);
-    let started = Instant::now();
-    let err = healthcheck(args).await.unwrap_err();
-    assert!(matches!(err, HealthError::Timeout { .. }), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
-}
-
-#[tokio::test]
-async fn healthcheck_http_mode_requires_an_http_response() {
-    // Completes TLS but answers the request with something that is not HTTP.
-    let dir = TempDir::new();
-    let ca = TestCa::new();
-    let (cert, key) = write_pair(&dir, &ca, &ca.leaf());
-    let store = CertStore::load(&cert, &key).unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = TlsAcceptor::from(tls::server_config(store));
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            if let Ok(mut tls) = acceptor.accept(tcp).await {
-                let mut buf = [0u8; 512];
-                let _ = tls.read(&mut buf).await;
-                let _ = tls.write_all(b"SSH-2.0-nope\r\n").await;
-                let _ = tls.shutdown().await;
-            }
-        }
-    });
-    healthcheck(health_args(addr, false)).await.unwrap();
-    let err = healthcheck(health_args(addr, true)).await.unwrap_err();
-    assert!(matches!(err, HealthError::Http { .. }), "{err:?}");
 }

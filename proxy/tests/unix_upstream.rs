@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{collect, get, h1, h2, temp_dir, TestPki, TestProxy, TestUpstream};
+use common::{collect, get, h1, h2, TempDir, TestPki, TestProxy, TestUpstream};
 use http::{Request, StatusCode};
 use http_body_util::{Empty, Full};
 use proxy::config::Upstream;
@@ -18,7 +18,7 @@ use proxy::config::Upstream;
 #[tokio::test]
 async fn requests_go_over_the_socket_with_the_same_head_as_over_tcp() {
     let pki = TestPki::new();
-    let dir = temp_dir("unix-forward");
+    let dir = TempDir::new("unix-forward");
     let socket = dir.join("app.sock");
     let upstream = TestUpstream::start_unix(&socket);
     let proxy = TestProxy::start_url(&pki, &upstream.url, &[]).await;
@@ -73,7 +73,7 @@ async fn requests_go_over_the_socket_with_the_same_head_as_over_tcp() {
 #[tokio::test]
 async fn a_missing_or_dead_socket_is_502_with_the_reason_and_recovers() {
     let pki = TestPki::new();
-    let dir = temp_dir("unix-missing");
+    let dir = TempDir::new("unix-missing");
     let socket = dir.join("app.sock");
     let url = format!("unix:{}", socket.display());
     let proxy = TestProxy::start_url(&pki, &url, &["--upstream-connect-timeout", "5s"]).await;
@@ -142,7 +142,7 @@ fn without_upstream_flag(argv: &[OsString]) -> Vec<OsString> {
 #[tokio::test]
 async fn a_reload_swaps_between_a_socket_and_tcp_without_reusing_a_connection() {
     let pki = TestPki::new();
-    let dir = temp_dir("unix-swap");
+    let dir = TempDir::new("unix-swap");
     let tcp = TestUpstream::start().await;
     let socket = TestUpstream::start_unix(&dir.join("app.sock"));
     let proxy = TestProxy::start_url(&pki, &tcp.url, &[]).await;

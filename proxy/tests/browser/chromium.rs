@@ -23,7 +23,7 @@ pub const NAVIGATION_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time for Chromium to exit after `Browser.close`.
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Flags from issue 4: no background traffic, no first-run UI, no QUIC (the proxy speaks TCP).
+/// No background traffic, no first-run UI, no QUIC (the proxy speaks TCP).
 /// `--disable-dev-shm-usage` because containers give /dev/shm 64 MiB, which Chromium outgrows.
 const FLAGS: &[&str] = &[
     "--headless",

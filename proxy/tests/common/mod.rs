@@ -1,30 +1,31 @@
 //! Shared integration-test support: a test CA and server certificate made at run time (rcgen), a
-//! rustls client config trusting it, a recording plain-HTTP test upstream (on TCP or a UNIX
-//! socket), a proxy started on 127.0.0.1:0, and TLS HTTP/1.1 and HTTP/2 client helpers. Other
-//! test files may append helpers.
+//! rustls client config trusting it, temporary directories, the recording test upstream
+//! ([`upstream`]), a proxy started on 127.0.0.1:0, TLS HTTP/1.1 and HTTP/2 client helpers, and
+//! the helpers of raw test upstreams. [`tls_server`] is a bare TLS server for the certificate tests.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod tls_server;
+mod upstream;
+
+#[allow(unused_imports)] // As above: not every test binary names these.
+pub use upstream::{Repeat, TestUpstream};
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use http_body::{Body, Frame};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::server::Proxy;
-use proxy::upstream::stream::UpstreamStream;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::ServerName;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,29 +33,72 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_rustls::client::TlsStream;
 
+/// A fresh, unique directory under the system temp dir, removed with everything in it on drop.
+pub struct TempDir(PathBuf);
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl TempDir {
+    /// Creates `proxy-test-<pid>-<name>-<n>`.
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("proxy-test-{}-{name}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of `name` in the directory.
+    pub fn join(&self, name: impl AsRef<Path>) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.join(name);
+        std::fs::write(&path, contents).expect("write a test file");
+        path
+    }
+
+    /// Replaces a file the way rotation tools do: write aside, rename over.
+    pub fn replace(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let aside = self.write(&format!(".{name}.new"), contents);
+        let path = self.join(name);
+        std::fs::rename(aside, &path).expect("rename over a test file");
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The crypto provider the proxy uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
 /// A test CA, a server certificate it signed (for `localhost` and `127.0.0.1`), the pair written
 /// to a temporary directory, and a client config that trusts the CA.
 pub struct TestPki {
-    pub dir: PathBuf,
+    pub dir: TempDir,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub ca_der: rustls::pki_types::CertificateDer<'static>,
     pub client_config: Arc<rustls::ClientConfig>,
     ca_params_key: (rcgen::Certificate, KeyPair),
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// A fresh, unique temporary directory.
-pub fn temp_dir(name: &str) -> PathBuf {
-    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("proxy-test-{}-{name}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }
 
 impl TestPki {
@@ -68,7 +112,7 @@ impl TestPki {
             .push(DnType::CommonName, "proxy test CA");
         let ca_cert = ca_params.self_signed(&ca_key).expect("CA cert");
 
-        let dir = temp_dir("pki");
+        let dir = TempDir::new("pki");
         let cert_path = dir.join("cert.pem");
         let key_path = dir.join("key.pem");
         let mut roots = rustls::RootCertStore::empty();
@@ -219,275 +263,6 @@ impl TestProxy {
     }
 }
 
-/// What the test upstream received.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: Method,
-    pub uri: Uri,
-    pub version: Version,
-    pub headers: HeaderMap,
-}
-
-type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-
-/// A plain-HTTP/1.1 upstream that records every request head. Routes:
-/// - `/echo`: streams the request body back;
-/// - `/bytes/N`: streams N bytes (counted in `body_bytes_sent`);
-/// - `/hang`: never answers;
-/// - `/sleep/MS`: answers after MS milliseconds;
-/// - `/ws`: accepts an upgrade (101) and echoes bytes on the upgraded connection;
-/// - anything else: 200 `hello` with hop-by-hop headers the proxy must strip.
-pub struct TestUpstream {
-    /// The TCP address (`0.0.0.0:0` for a socket upstream, which has none: use `url`).
-    pub addr: SocketAddr,
-    /// What `--upstream` names: `http://ADDR` or `unix:/PATH`.
-    pub url: String,
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-    /// Number of TCP connections accepted.
-    pub connections: Arc<std::sync::atomic::AtomicUsize>,
-    /// Notified (one permit per request) whenever a request head has been recorded.
-    pub arrived: Arc<tokio::sync::Notify>,
-    /// Bytes of `/bytes/N` bodies handed to hyper so far (what the upstream has "written").
-    pub body_bytes_sent: Arc<std::sync::atomic::AtomicU64>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TestUpstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TestUpstream {
-    /// Binds 127.0.0.1:0 and serves.
-    pub async fn start() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
-        TestUpstream::serve(listener)
-    }
-
-    /// Binds a UNIX socket at `path` (in a test's temp dir) and serves on it.
-    pub fn start_unix(path: &std::path::Path) -> TestUpstream {
-        let listener = tokio::net::UnixListener::bind(path).expect("bind upstream socket");
-        TestUpstream::serve_on(
-            Listener::Unix(listener),
-            SocketAddr::from(([0, 0, 0, 0], 0)),
-            format!("unix:{}", path.display()),
-        )
-    }
-
-    /// Serves on an already bound listener.
-    pub fn serve(listener: TcpListener) -> TestUpstream {
-        let addr = listener.local_addr().expect("upstream addr");
-        TestUpstream::serve_on(Listener::Tcp(listener), addr, format!("http://{addr}"))
-    }
-
-    fn serve_on(listener: Listener, addr: SocketAddr, url: String) -> TestUpstream {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let arrived = Arc::new(tokio::sync::Notify::new());
-        let body_bytes_sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let task = {
-            let seen = seen.clone();
-            let arrived = arrived.clone();
-            let connections = connections.clone();
-            let sent = body_bytes_sent.clone();
-            tokio::spawn(async move {
-                loop {
-                    let Ok(stream) = listener.accept().await else {
-                        continue;
-                    };
-                    connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let seen = seen.clone();
-                    let arrived = arrived.clone();
-                    let sent = sent.clone();
-                    tokio::spawn(async move {
-                        let service = service_fn(move |req| {
-                            upstream_service(req, seen.clone(), arrived.clone(), sent.clone())
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades()
-                            .await;
-                    });
-                }
-            })
-        };
-        TestUpstream {
-            addr,
-            url,
-            seen,
-            connections,
-            arrived,
-            body_bytes_sent,
-            task,
-        }
-    }
-
-    /// Request heads received so far.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    /// The last request head received.
-    pub fn last(&self) -> Seen {
-        self.seen().pop().expect("the upstream received a request")
-    }
-}
-
-/// What a test upstream accepts connections on.
-enum Listener {
-    Tcp(TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-impl Listener {
-    async fn accept(&self) -> std::io::Result<UpstreamStream> {
-        match self {
-            Listener::Tcp(listener) => Ok(UpstreamStream::Tcp(listener.accept().await?.0)),
-            Listener::Unix(listener) => Ok(UpstreamStream::Unix(listener.accept().await?.0)),
-        }
-    }
-}
-
-fn full(body: impl Into<Bytes>) -> UpstreamBody {
-    Full::new(body.into()).map_err(|e| match e {}).boxed()
-}
-
-async fn upstream_service(
-    mut req: Request<Incoming>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    arrived: Arc<tokio::sync::Notify>,
-    sent: Arc<std::sync::atomic::AtomicU64>,
-) -> Result<Response<UpstreamBody>, Infallible> {
-    seen.lock().expect("lock").push(Seen {
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        version: req.version(),
-        headers: req.headers().clone(),
-    });
-    arrived.notify_one();
-    let path = req.uri().path().to_owned();
-    let response = if path == "/echo" {
-        Response::new(req.into_body().map_err(Into::into).boxed())
-    } else if let Some(n) = path.strip_prefix("/bytes/") {
-        let n: u64 = n.parse().expect("byte count");
-        Response::new(
-            Counted {
-                inner: Repeat { remaining: n },
-                sent,
-            }
-            .boxed(),
-        )
-    } else if path == "/collect" {
-        // Answers only once the whole request body has arrived: its length.
-        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-        Response::new(full(body.map_or(0, |b| b.len()).to_string()))
-    } else if path == "/hang" {
-        std::future::pending::<()>().await;
-        unreachable!()
-    } else if let Some(ms) = path.strip_prefix("/sleep/") {
-        tokio::time::sleep(Duration::from_millis(ms.parse().expect("ms"))).await;
-        Response::new(full("slept"))
-    } else if path == "/ws" {
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
-                let _ = tokio::io::copy(&mut read, &mut write).await;
-            }
-        });
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .body(full(Bytes::new()))
-            .expect("101")
-    } else {
-        Response::builder()
-            .header("connection", "x-hop")
-            .header("x-hop", "secret")
-            .header("keep-alive", "timeout=5")
-            .header("x-end", "1")
-            .body(full("hello"))
-            .expect("200")
-    };
-    Ok(response)
-}
-
-/// A body of `remaining` bytes, sent in 64 KiB chunks of one shared buffer.
-pub struct Repeat {
-    pub remaining: u64,
-}
-
-const CHUNK: usize = 64 * 1024;
-
-fn chunk() -> Bytes {
-    static DATA: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
-    DATA.get_or_init(|| Bytes::from((0..CHUNK).map(|i| (i % 251) as u8).collect::<Vec<u8>>()))
-        .clone()
-}
-
-impl Body for Repeat {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.remaining == 0 {
-            return Poll::Ready(None);
-        }
-        let n = self.remaining.min(CHUNK as u64);
-        self.remaining -= n;
-        Poll::Ready(Some(Ok(Frame::data(chunk().slice(..n as usize)))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.remaining == 0
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.remaining)
-    }
-}
-
-/// A body that adds the size of every data frame it yields to `sent`: hyper polls the next frame
-/// only when it has room to write it, so the count is what the sender has let go of.
-pub struct Counted<B> {
-    pub inner: B,
-    pub sent: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                self.sent
-                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::SeqCst);
-            }
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// Opens a TLS connection to the proxy (SNI `localhost`) offering `alpn`.
 pub async fn tls_connect(
     pki: &TestPki,
@@ -622,4 +397,87 @@ pub async fn plain_get(addr: SocketAddr, path: &str) -> (StatusCode, String) {
         .expect("admin response");
     let (status, _, body) = collect(response).await;
     (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Waits until `addr` refuses connections (the proxy's listener closed at its shutdown), failing
+/// after 10 s. A connection that still gets through is closed at once.
+pub async fn until_refused(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{addr} still accepts connections"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Waits for the next event of a test upstream, failing after 5 s.
+pub async fn next_event<T>(events: &mut tokio::sync::mpsc::UnboundedReceiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("an upstream event within 5 s")
+        .expect("upstream running")
+}
+
+/// A request body whose chunks the test sends through a channel, at its own pace.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes))))
+    }
+}
+
+/// Sends a WebSocket-style upgrade (`GET /ws`) through the proxy over HTTP/1.1 and returns the
+/// joined tunnel.
+pub async fn open_tunnel(pki: &TestPki, proxy: SocketAddr) -> TokioIo<hyper::upgrade::Upgraded> {
+    let mut client = h1::<Empty<Bytes>>(pki, proxy).await;
+    let request = Request::builder()
+        .uri("/ws")
+        .header("host", "localhost")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(Empty::new())
+        .unwrap();
+    let response = client.send_request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(response.headers()["upgrade"], "websocket");
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .expect("client side upgraded");
+    TokioIo::new(upgraded)
+}
+
+/// Reads a request head from a raw test upstream's socket: the request line and the
+/// `Content-Length` (0 without one); `None` at the end of the stream.
+pub async fn read_request_head(
+    tcp: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> Option<(String, usize)> {
+    use tokio::io::AsyncBufReadExt;
+
+    let (mut request, mut length) = (String::new(), 0);
+    loop {
+        let mut line = String::new();
+        if tcp.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap();
+        }
+        if request.is_empty() {
+            request = line.trim().to_string();
+        }
+        if line == "\r\n" {
+            return Some((request, length));
+        }
+    }
 }
