@@ -17,7 +17,8 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::routes::{self, AppState};
-use crate::sessions::Sessions;
+use crate::sessions::{OpenError, SessionStore};
+use crate::throttle::Throttle;
 use crate::users::{Authenticator, HashError};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
@@ -32,6 +33,9 @@ pub enum AppError {
     /// Preparing password verification failed.
     #[error("preparing password checks: {0}")]
     Users(#[from] HashError),
+    /// The session store could not be opened (a configuration error: `main` exits 64).
+    #[error(transparent)]
+    Store(#[from] OpenError),
     /// A start-up task panicked or was cancelled.
     #[error("start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -46,11 +50,21 @@ pub async fn run(
 ) -> Result<(), AppError> {
     let local = listener.local_addr().map_err(AppError::Listener)?;
     // The dummy hash for unknown users costs one argon2 run: keep it off the async threads.
+    let sessions = SessionStore::open(
+        &config.sessions,
+        config.session_idle_timeout,
+        config.max_sessions,
+    )
+    .await?;
     let users = config.users.clone();
-    let auth = tokio::task::spawn_blocking(move || Authenticator::new(&users)).await??;
+    let workers = config.hash_workers;
+    let auth = tokio::task::spawn_blocking(move || Authenticator::new(&users, workers)).await??;
     let state = Arc::new(AppState {
-        auth: Arc::new(auth),
-        sessions: Sessions::new(config.session_idle_timeout, config.max_sessions),
+        auth,
+        sessions,
+        session_idle_timeout: config.session_idle_timeout,
+        throttle: Throttle::new(config.throttle),
+        trusted_proxies: config.trusted_proxies.clone(),
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.body_read_timeout,
     });
@@ -71,6 +85,10 @@ pub async fn run(
         session_idle_timeout = ?config.session_idle_timeout,
         max_sessions = config.max_sessions,
         max_body_bytes = config.max_body_bytes,
+        sessions = ?config.sessions,
+        trusted_proxies = ?config.trusted_proxies,
+        throttle = ?config.throttle,
+        hash_workers = config.hash_workers,
         "listening"
     );
 
@@ -94,7 +112,7 @@ pub async fn run(
                 let state = Arc::clone(&state);
                 let service = service_fn(move |request| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(routes::handle(&state, request).await) }
+                    async move { Ok::<_, Infallible>(routes::handle(&state, peer, request).await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);
