@@ -234,6 +234,9 @@ async fn login(
             ApiError::Throttled(wait)
         })?;
     let Some(user) = state.auth.verify(&form.username, &form.password).await else {
+        state
+            .throttle
+            .failed(attempt, tokio::time::Instant::now().into_std());
         tracing::info!(username = ?form.username, %client, "login failed");
         return match format {
             Format::Json => Err(ApiError::BadCredentials),

@@ -8,9 +8,11 @@
 //! [`ADDRESS_FREE_FACTOR`] times the free failures, since one address (an office NAT) may carry many
 //! honest users. IPv6 addresses count by their /64, the block one subscriber usually holds.
 //!
-//! An attempt counts as a failure from the moment it starts and is forgiven when it succeeds, so
-//! concurrent guesses cannot all slip in before the first failure is recorded. Time is passed in,
-//! so the rules are tested with paused time. Counters live in this process only: after a restart or
+//! A failure counts once its password check has failed, not when the attempt starts: counting
+//! in-flight attempts would throttle a user's own concurrent logins. Guesses sent all at once can
+//! therefore pass the check together, but they queue for the bounded password-check pool, so the
+//! first failures land (and lock) within a few checks. Time is passed in, so the rules are tested
+//! without waiting. Counters live in this process only: after a restart or
 //! on the other backend of a swap a guesser starts afresh, still slowed by the argon2 cost.
 
 use std::collections::HashMap;
@@ -57,8 +59,8 @@ struct Counter {
     locked_until: Option<Instant>,
 }
 
-/// An attempt that passed the throttle; report its outcome with [`Throttle::succeeded`] (a
-/// failure needs no report: it was counted when the attempt began).
+/// An attempt that passed the throttle; report its outcome with [`Throttle::failed`] or
+/// [`Throttle::succeeded`].
 #[derive(Debug)]
 pub struct Attempt {
     pair: Key,
@@ -81,8 +83,7 @@ impl Throttle {
         }
     }
 
-    /// Starts a login attempt, counting it as a failure until it succeeds; `Err(wait)` when the pair
-    /// or the address must wait that long first (the attempt is then not counted).
+    /// Starts a login attempt; `Err(wait)` when the pair or the address must wait that long first.
     pub fn begin(
         &self,
         username: &str,
@@ -94,58 +95,49 @@ impl Throttle {
             pair: Key::Pair(username.to_owned(), address),
             address: Key::Address(address),
         };
-        let mut counters = self.lock();
+        let counters = self.lock();
         let wait = [&attempt.pair, &attempt.address]
             .into_iter()
             .filter_map(|key| counters.get(key)?.locked_until)
             .map(|until| until.saturating_duration_since(now))
             .max()
             .filter(|wait| !wait.is_zero());
-        if let Some(wait) = wait {
-            return Err(wait);
+        match wait {
+            Some(wait) => Err(wait),
+            None => Ok(attempt),
         }
+    }
+
+    /// The attempt's password was wrong: both counters grow, and may lock.
+    pub fn failed(&self, attempt: Attempt, now: Instant) {
+        let mut counters = self.lock();
         let free = self.settings.free_failures;
         for (key, free) in [
-            (&attempt.pair, free),
-            (&attempt.address, free.saturating_mul(ADDRESS_FREE_FACTOR)),
+            (attempt.pair, free),
+            (attempt.address, free.saturating_mul(ADDRESS_FREE_FACTOR)),
         ] {
-            self.make_room(&mut counters, key, now);
-            let counter = counters.entry(key.clone()).or_insert(Counter {
+            self.make_room(&mut counters, &key, now);
+            let counter = counters.entry(key).or_insert(Counter {
                 failures: 0,
                 last_failure: now,
                 locked_until: None,
             });
             counter.failures = counter.failures.saturating_add(1);
             counter.last_failure = now;
-            counter.locked_until = delay_after(
+            let delay = delay_after(
                 counter.failures,
                 free,
                 self.settings.backoff_base,
                 self.settings.backoff_cap,
-            )
-            .map(|delay| now + delay);
+            );
+            counter.locked_until = delay.map(|delay| now + delay);
         }
-        Ok(attempt)
     }
 
-    /// The attempt logged in: the pair's failures are forgiven, and the address's count loses this
-    /// attempt (so a success does not wipe failures against other usernames from that address).
+    /// The attempt logged in: the pair's failures are forgiven. The address's are not, so a
+    /// guesser cannot clear its address by logging in to an account of its own.
     pub fn succeeded(&self, attempt: Attempt) {
-        let mut counters = self.lock();
-        counters.remove(&attempt.pair);
-        let address_free = self
-            .settings
-            .free_failures
-            .saturating_mul(ADDRESS_FREE_FACTOR);
-        if let Some(counter) = counters.get_mut(&attempt.address) {
-            counter.failures = counter.failures.saturating_sub(1);
-            if counter.failures < address_free.max(1) {
-                counter.locked_until = None;
-            }
-            if counter.failures == 0 {
-                counters.remove(&attempt.address);
-            }
-        }
+        self.lock().remove(&attempt.pair);
     }
 
     /// Number of counters held.
@@ -214,6 +206,18 @@ mod tests {
         text.parse().unwrap()
     }
 
+    /// One failed attempt, or the wait that refused it.
+    fn fail(
+        throttle: &Throttle,
+        username: &str,
+        address: IpAddr,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let attempt = throttle.begin(username, address, now)?;
+        throttle.failed(attempt, now);
+        Ok(())
+    }
+
     #[test]
     fn delay_table() {
         let cases: &[(u32, u32, Option<u64>)] = &[
@@ -242,19 +246,19 @@ mod tests {
         let guesser = ip("192.0.2.1");
         let mut now = Instant::now();
         for _ in 0..4 {
-            throttle.begin("a@x", guesser, now).unwrap();
+            fail(&throttle, "a@x", guesser, now).unwrap();
         }
         // The fifth failure is free too, and sets the first wait.
-        throttle.begin("a@x", guesser, now).unwrap();
+        fail(&throttle, "a@x", guesser, now).unwrap();
         for want in [1, 2, 4, 8, 8] {
-            let wait = throttle.begin("a@x", guesser, now).unwrap_err();
+            let wait = fail(&throttle, "a@x", guesser, now).unwrap_err();
             assert_eq!(wait, Duration::from_secs(want));
             // One millisecond early is still too early.
             assert!(throttle
                 .begin("a@x", guesser, now + wait - Duration::from_millis(1))
                 .is_err());
             now += wait;
-            throttle.begin("a@x", guesser, now).unwrap();
+            fail(&throttle, "a@x", guesser, now).unwrap();
         }
     }
 
@@ -263,13 +267,13 @@ mod tests {
         let throttle = Throttle::new(settings());
         let now = Instant::now();
         for _ in 0..6 {
-            let _ = throttle.begin("a@x", ip("192.0.2.1"), now);
+            let _ = fail(&throttle, "a@x", ip("192.0.2.1"), now);
         }
-        assert!(throttle.begin("a@x", ip("192.0.2.1"), now).is_err());
+        assert!(fail(&throttle, "a@x", ip("192.0.2.1"), now).is_err());
         let real = throttle.begin("a@x", ip("198.51.100.7"), now).unwrap();
         throttle.succeeded(real);
         // A success forgives its own pair only: the guesser still waits.
-        assert!(throttle.begin("a@x", ip("192.0.2.1"), now).is_err());
+        assert!(fail(&throttle, "a@x", ip("192.0.2.1"), now).is_err());
     }
 
     #[test]
@@ -278,15 +282,13 @@ mod tests {
         let now = Instant::now();
         let free = settings().free_failures * ADDRESS_FREE_FACTOR;
         for n in 0..free {
-            throttle
-                .begin(&format!("user{n}"), ip("192.0.2.1"), now)
-                .unwrap();
+            fail(&throttle, &format!("user{n}"), ip("192.0.2.1"), now).unwrap();
         }
         assert_eq!(
-            throttle.begin("fresh", ip("192.0.2.1"), now).unwrap_err(),
+            fail(&throttle, "fresh", ip("192.0.2.1"), now).unwrap_err(),
             SECOND
         );
-        assert!(throttle.begin("fresh", ip("192.0.2.2"), now).is_ok());
+        assert!(fail(&throttle, "fresh", ip("192.0.2.2"), now).is_ok());
     }
 
     #[test]
@@ -294,29 +296,44 @@ mod tests {
         let throttle = Throttle::new(settings());
         let now = Instant::now();
         for n in 0..6 {
-            let _ = throttle.begin("a@x", ip(&format!("2001:db8:0:1::{n}")), now);
+            let _ = fail(&throttle, "a@x", ip(&format!("2001:db8:0:1::{n}")), now);
         }
         assert!(throttle
             .begin("a@x", ip("2001:db8:0:1:ffff::1"), now)
             .is_err());
-        assert!(throttle.begin("a@x", ip("2001:db8:0:2::1"), now).is_ok());
+        assert!(fail(&throttle, "a@x", ip("2001:db8:0:2::1"), now).is_ok());
         assert_eq!(counting_address(ip("::ffff:192.0.2.1")), ip("192.0.2.1"));
     }
 
     #[test]
-    fn success_forgives_the_pair_and_only_its_own_address_count() {
+    fn success_forgives_the_pair_only() {
         let throttle = Throttle::new(settings());
         let now = Instant::now();
-        for _ in 0..3 {
-            throttle.begin("a@x", ip("192.0.2.1"), now).unwrap();
+        for _ in 0..4 {
+            fail(&throttle, "a@x", ip("192.0.2.1"), now).unwrap();
         }
         let attempt = throttle.begin("a@x", ip("192.0.2.1"), now).unwrap();
         throttle.succeeded(attempt);
         // The pair starts over: five more free failures.
         for _ in 0..5 {
+            fail(&throttle, "a@x", ip("192.0.2.1"), now).unwrap();
+        }
+        assert!(fail(&throttle, "a@x", ip("192.0.2.1"), now).is_err());
+        // The address kept its nine failures plus the pair's new ones: past its own 20 free it locks.
+        for n in 0..11 {
+            let _ = fail(&throttle, &format!("other{n}"), ip("192.0.2.1"), now);
+        }
+        assert!(throttle.begin("fresh", ip("192.0.2.1"), now).is_err());
+    }
+
+    #[test]
+    fn checking_alone_counts_nothing() {
+        let throttle = Throttle::new(settings());
+        let now = Instant::now();
+        for _ in 0..50 {
             throttle.begin("a@x", ip("192.0.2.1"), now).unwrap();
         }
-        assert!(throttle.begin("a@x", ip("192.0.2.1"), now).is_err());
+        assert!(throttle.is_empty());
     }
 
     #[test]
@@ -327,13 +344,23 @@ mod tests {
         });
         let t0 = Instant::now();
         for n in 0..6 {
-            let _ = throttle.begin("a@x", ip("192.0.2.1"), t0 + n * Duration::from_millis(1));
+            let _ = fail(
+                &throttle,
+                "a@x",
+                ip("192.0.2.1"),
+                t0 + n * Duration::from_millis(1),
+            );
         }
         for n in 0..50u8 {
-            let _ = throttle.begin("b@x", IpAddr::from([198, 51, 100, n]), t0 + SECOND);
+            let _ = fail(
+                &throttle,
+                "b@x",
+                IpAddr::from([198, 51, 100, n]),
+                t0 + SECOND,
+            );
             assert!(throttle.len() <= 10, "{}", throttle.len());
         }
         // The oldest counters (the first guesser's) were dropped to make room.
-        assert!(throttle.begin("a@x", ip("192.0.2.1"), t0 + SECOND).is_ok());
+        assert!(fail(&throttle, "a@x", ip("192.0.2.1"), t0 + SECOND).is_ok());
     }
 }
