@@ -73,7 +73,7 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxie
     if !trusted.contains(peer) {
         return peer;
     }
-    let hops = list(headers, "x-forwarded-for", |hop| Some(hop));
+    let hops = list(headers, "x-forwarded-for", Some);
     let hops = if hops.is_empty() {
         list(headers, "forwarded", |element| {
             element.split(';').find_map(|pair| {
@@ -173,7 +173,13 @@ mod tests {
     #[test]
     fn client_address_table() {
         let trusted = TrustedProxies::parse("127.0.0.0/8,10.0.0.0/8").unwrap();
-        let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        /// Peer, request headers, the client address wanted.
+        type Case = (
+            &'static str,
+            &'static [(&'static str, &'static str)],
+            &'static str,
+        );
+        let cases: &[Case] = &[
             // Untrusted peers cannot name anyone.
             ("192.0.2.9", &[("x-forwarded-for", "1.2.3.4")], "192.0.2.9"),
             ("127.0.0.1", &[], "127.0.0.1"),

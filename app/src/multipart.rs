@@ -124,7 +124,12 @@ mod tests {
                        --XyZ\r\ncontent-disposition: form-data; name=\"password\"\r\ncontent-type: text/plain\r\n\r\np w\r\n--\r\n\
                        --XyZ\r\nContent-Disposition: form-data; name=\"avatar\"; filename=\"a.png\"\r\n\r\nPNG...\r\n\
                        --XyZ--\r\nepilogue";
-        let cases: &[(&str, Result<Vec<(&str, &str)>, MultipartError>)] = &[
+        /// A body, and its fields or the error wanted.
+        type Case = (
+            &'static str,
+            Result<Vec<(&'static str, &'static str)>, MultipartError>,
+        );
+        let cases: &[Case] = &[
             (
                 browser,
                 Ok(vec![("username", "a@x"), ("password", "p w\r\n--")]),

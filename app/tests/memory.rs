@@ -2,9 +2,10 @@
 //! reuse their argon2 buffers, so the resident size stays bounded by the workers' buffers instead of
 //! growing with the flood (it once reached hundreds of MB and never came back).
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const APP: &str = env!("CARGO_BIN_EXE_app");
@@ -43,26 +44,8 @@ fn login(addr: &str) -> String {
 
 #[test]
 fn rss_after_a_login_flood_stays_bounded() {
-    let mut child = Command::new(APP)
-        .args(["--listen", "127.0.0.1:0", "--hash-workers", HASH_WORKERS])
-        .env_remove("APP_SESSIONS")
-        .env_remove("REDIS_URL")
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("log line before exit").unwrap();
-        if let Some(rest) = line
-            .split("addr=")
-            .nth(1)
-            .filter(|_| line.contains("listening"))
-        {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
+    let (mut child, addr, lines) =
+        common::process::spawn_serving(APP, &["--hash-workers", HASH_WORKERS]);
     // Drain the log so the app never blocks writing it.
     std::thread::spawn(move || lines.for_each(drop));
     let idle = rss_kb(child.id());

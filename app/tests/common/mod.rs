@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod process;
 pub mod redis_server;
 
 use std::net::SocketAddr;
