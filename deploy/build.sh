@@ -23,7 +23,9 @@ RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols \
     cargo build --manifest-path "$repo_dir/Cargo.toml" --locked --release \
     -j "${CARGO_BUILD_JOBS:-2}" --target "$target" -p app -p proxy
 
-mkdir -p "$bin_dir"
+mkdir -p "$bin_dir" "$bin_dir/data"
+# An empty folder: the Dockerfile copies it as the app image's /data (the session store's volume).
+touch "$bin_dir/data/.keep"
 for name in app proxy; do
     install -m 0755 "$CARGO_TARGET_DIR/$target/release/$name" "$bin_dir/$name"
 done

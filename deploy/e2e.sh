@@ -318,6 +318,9 @@ check "the proxy was not restarted by any of that" test "$(container proxy)/$(st
 step "blue/green: a second backend by service name, switched to by SIGHUP, under load"
 blue_token="$(login_token)"
 check "a session on the current backend (blue)" test "$(me_status "$blue_token")" = 200
+req -c "$tmp/blue-jar" --data-urlencode "username=$user" --data-urlencode 'password=password' "$base/auth/token"
+blue_cookie="$(grep -v '^# ' "$tmp/blue-jar" | awk -F'\t' 'NF >= 7 && $6 == "session" { print $6 "=" $7 }' | head -n 1)"
+check "a cookie session on blue, named session: $blue_cookie" bash -c "[ -n '$blue_cookie' ]"
 dc up -d green >/dev/null 2>&1
 wait_healthy green || fatal "green did not become healthy"
 ok "green is up on the compose network (not published)"
@@ -352,11 +355,10 @@ dc kill -s HUP proxy >/dev/null 2>&1
 switched=no
 deadline=$((SECONDS + RELOAD_TIMEOUT))
 while [ "$SECONDS" -lt "$deadline" ]; do
-    # Sessions live in the backend's memory: blue's token means nothing to green.
-    if [ "$(me_status "$blue_token")" = 401 ]; then switched=yes; break; fi
+    if dc logs proxy 2>&1 | grep 'configuration reloaded' | grep -q 'green:8000'; then switched=yes; break; fi
     sleep 0.2
 done
-check "SIGHUP switched the upstream to green (blue's session is unknown there)" test "$switched" = yes
+check "SIGHUP switched the upstream to green (logged: configuration reloaded, upstream green)" test "$switched" = yes
 wait_lines $(($(wc -l <"$tmp/loop.log") + 10))
 touch "$tmp/loop.stop"
 wait "$loop_pid"
@@ -369,6 +371,11 @@ green_token="$(login_token)"
 check "a login through the proxy works on green" test "$(me_status "$green_token")" = 200
 dc stop app >/dev/null 2>&1
 check "blue retired (docker compose stop app): the proxy still serves from green" wait_status 200 "$RECOVER_TIMEOUT" "$base/auth/login"
+# Sessions are in the SQLite file both share: with blue stopped, green answers for blue's logins.
+check "blue's bearer token still works on green (shared SQLite store)" test "$(me_status "$blue_token")" = 200
+req -H 'x-expected-format: application/json' -H "Cookie: $blue_cookie" "$base/admin/me"
+check "blue's session cookie still works on green ($status)" \
+    bash -c "[ '$status' = 200 ] && [ \"\$(jq -r .username '$tmp/body')\" = '$user' ]"
 check "the proxy was left running through the swap" test "$(container proxy)/$(state '{{.State.StartedAt}}' proxy)" = "$proxy_id/$proxy_started"
 
 step "shared-namespace swap: compose.backend.yaml replaces the app image, proxy untouched"

@@ -7,7 +7,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 
+use crate::client::{TrustedProxies, DEFAULT_TRUSTED_PROXIES};
 use crate::listen::{parse_socket_mode, ListenAddr, DEFAULT_SOCKET_MODE};
+use crate::sessions::StoreSpec;
+use crate::throttle::ThrottleSettings;
 use crate::users::{Users, UsersFileError};
 
 /// Default listen address: loopback, since only the proxy talks to the app.
@@ -25,6 +28,14 @@ pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_BODY_READ_TIMEOUT_SECS: u64 = 30;
 /// Default grace period for in-flight requests at shutdown, in seconds.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Default failed logins of one (username, address) pair before the throttle adds a delay.
+pub const DEFAULT_LOGIN_FREE_FAILURES: u32 = 5;
+/// Default first throttle delay, in milliseconds; each further failure doubles it.
+pub const DEFAULT_LOGIN_BACKOFF_BASE_MS: u64 = 1000;
+/// Default longest throttle delay, in seconds (5 minutes).
+pub const DEFAULT_LOGIN_BACKOFF_CAP_SECS: u64 = 5 * 60;
+/// Default bound on throttle counters; each is about 100 bytes, so 50 000 hold about 5 MB.
+pub const DEFAULT_LOGIN_THROTTLE_MAX_ENTRIES: usize = 50_000;
 
 /// Everything the server needs; built by [`Config::from_args`] or directly in tests.
 #[derive(Clone, Debug)]
@@ -47,6 +58,19 @@ pub struct Config {
     pub body_read_timeout: Duration,
     /// After shutdown is requested, in-flight requests get this long before connections are dropped.
     pub shutdown_grace: Duration,
+    /// Where sessions are kept.
+    pub sessions: StoreSpec,
+    /// Peers whose forwarding headers name the client (for the login throttle).
+    pub trusted_proxies: TrustedProxies,
+    /// The login throttle's thresholds and bound.
+    pub throttle: ThrottleSettings,
+    /// Password-check threads, each holding one argon2 memory buffer.
+    pub hash_workers: usize,
+}
+
+/// The default number of password-check threads: one per core.
+pub fn default_hash_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 impl Default for Config {
@@ -61,6 +85,16 @@ impl Default for Config {
             header_read_timeout: Duration::from_secs(DEFAULT_HEADER_READ_TIMEOUT_SECS),
             body_read_timeout: Duration::from_secs(DEFAULT_BODY_READ_TIMEOUT_SECS),
             shutdown_grace: Duration::from_secs(DEFAULT_SHUTDOWN_GRACE_SECS),
+            sessions: StoreSpec::Memory,
+            trusted_proxies: TrustedProxies::parse(DEFAULT_TRUSTED_PROXIES)
+                .expect("valid default trusted proxies"),
+            throttle: ThrottleSettings {
+                free_failures: DEFAULT_LOGIN_FREE_FAILURES,
+                backoff_base: Duration::from_millis(DEFAULT_LOGIN_BACKOFF_BASE_MS),
+                backoff_cap: Duration::from_secs(DEFAULT_LOGIN_BACKOFF_CAP_SECS),
+                max_entries: DEFAULT_LOGIN_THROTTLE_MAX_ENTRIES,
+            },
+            hash_workers: default_hash_workers(),
         }
     }
 }
@@ -80,6 +114,12 @@ pub enum ConfigError {
         path: PathBuf,
         source: UsersFileError,
     },
+    /// The session store setting names no usable store.
+    #[error("--sessions / APP_SESSIONS (or REDIS_URL when that is unset): {0}")]
+    Sessions(String),
+    /// The throttle's cap is below its base.
+    #[error("--login-backoff-cap-secs / APP_LOGIN_BACKOFF_CAP_SECS: {cap_secs} s is below the base delay of {base_ms} ms; give a cap at least as long")]
+    BackoffCap { cap_secs: u64, base_ms: u64 },
 }
 
 /// Command line of the `app` binary.
@@ -172,6 +212,38 @@ pub struct ServeArgs {
     #[arg(long, env = "APP_SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS,
           value_name = "SECS")]
     pub shutdown_grace_secs: u64,
+    /// Session store: `memory` (default; lost on restart), `sqlite:PATH` (a file; survives restarts,
+    /// shared by backends on one host), or `redis://HOST[:PORT][/DB]`. Unset: REDIS_URL if set.
+    #[arg(long, env = "APP_SESSIONS", value_name = "STORE")]
+    pub sessions: Option<String>,
+    /// Redis URL as in the original app's `.env`; used only when --sessions / APP_SESSIONS is unset.
+    #[arg(long, env = "REDIS_URL", value_name = "URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Peers trusted to name the client in X-Forwarded-For / Forwarded (comma-separated
+    /// ADDR or ADDR/PREFIX; empty trusts none).
+    #[arg(long, env = "APP_TRUSTED_PROXIES", default_value = DEFAULT_TRUSTED_PROXIES,
+          value_parser = TrustedProxies::parse, value_name = "NETS")]
+    pub trusted_proxies: TrustedProxies,
+    /// Failed logins of one (username, client address) before each further try must wait.
+    #[arg(long, env = "APP_LOGIN_FREE_FAILURES", default_value_t = DEFAULT_LOGIN_FREE_FAILURES,
+          value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub login_free_failures: u32,
+    /// First wait after the free failures, in milliseconds; doubles with each further failure.
+    #[arg(long, env = "APP_LOGIN_BACKOFF_BASE_MS", default_value_t = DEFAULT_LOGIN_BACKOFF_BASE_MS,
+          value_parser = clap::value_parser!(u64).range(1..), value_name = "MS")]
+    pub login_backoff_base_ms: u64,
+    /// Longest wait between failed logins, in seconds.
+    #[arg(long, env = "APP_LOGIN_BACKOFF_CAP_SECS", default_value_t = DEFAULT_LOGIN_BACKOFF_CAP_SECS,
+          value_parser = clap::value_parser!(u64).range(1..), value_name = "SECS")]
+    pub login_backoff_cap_secs: u64,
+    /// Most login-failure counters kept in memory; past it the stalest is dropped.
+    #[arg(long, env = "APP_LOGIN_THROTTLE_MAX_ENTRIES", default_value_t = DEFAULT_LOGIN_THROTTLE_MAX_ENTRIES,
+          value_parser = parse_positive_usize, value_name = "N")]
+    pub login_throttle_max_entries: usize,
+    /// Password-check threads (each keeps one argon2 buffer, 19 MiB with default hashes);
+    /// default: one per CPU core.
+    #[arg(long, env = "APP_HASH_WORKERS", value_parser = parse_positive_usize, value_name = "N")]
+    pub hash_workers: Option<usize>,
     /// Log format (filter with RUST_LOG, default `info`).
     #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -205,6 +277,14 @@ impl Config {
                 })?
             }
         };
+        let sessions = StoreSpec::resolve(args.sessions.as_deref(), args.redis_url.as_deref())
+            .map_err(ConfigError::Sessions)?;
+        if args.login_backoff_cap_secs.saturating_mul(1000) < args.login_backoff_base_ms {
+            return Err(ConfigError::BackoffCap {
+                cap_secs: args.login_backoff_cap_secs,
+                base_ms: args.login_backoff_base_ms,
+            });
+        }
         Ok(Self {
             listen: args.listen.clone(),
             socket_mode: args.socket_mode,
@@ -215,6 +295,15 @@ impl Config {
             header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
             body_read_timeout: Duration::from_secs(args.body_read_timeout_secs),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            sessions,
+            trusted_proxies: args.trusted_proxies.clone(),
+            throttle: ThrottleSettings {
+                free_failures: args.login_free_failures,
+                backoff_base: Duration::from_millis(args.login_backoff_base_ms),
+                backoff_cap: Duration::from_secs(args.login_backoff_cap_secs),
+                max_entries: args.login_throttle_max_entries,
+            },
+            hash_workers: args.hash_workers.unwrap_or_else(default_hash_workers),
         })
     }
 
@@ -250,6 +339,80 @@ mod tests {
         assert_eq!(from_cli.session_idle_timeout, Duration::from_secs(1800));
         assert_eq!(from_cli.max_sessions, default.max_sessions);
         assert_eq!(from_cli.max_body_bytes, default.max_body_bytes);
+        assert_eq!(from_cli.sessions, StoreSpec::Memory);
+        assert_eq!(from_cli.trusted_proxies, default.trusted_proxies);
+        assert_eq!(from_cli.throttle, default.throttle);
+        assert_eq!(from_cli.hash_workers, default.hash_workers);
+    }
+
+    #[test]
+    fn store_and_throttle_flags_are_applied() {
+        let cli = parse(&[
+            "--sessions",
+            "sqlite:/data/s.db",
+            "--redis-url",
+            "redis://ignored",
+            "--trusted-proxies",
+            "10.0.0.0/8",
+            "--login-free-failures",
+            "3",
+            "--login-backoff-base-ms",
+            "250",
+            "--login-backoff-cap-secs",
+            "60",
+            "--login-throttle-max-entries",
+            "7",
+            "--hash-workers",
+            "2",
+        ])
+        .unwrap();
+        let config = Config::from_args_with(&cli.serve, |_| unreachable!()).unwrap();
+        assert_eq!(config.sessions, StoreSpec::Sqlite("/data/s.db".into()));
+        assert!(config.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        assert!(!config
+            .trusted_proxies
+            .contains("127.0.0.1".parse().unwrap()));
+        assert_eq!(
+            config.throttle,
+            ThrottleSettings {
+                free_failures: 3,
+                backoff_base: Duration::from_millis(250),
+                backoff_cap: Duration::from_secs(60),
+                max_entries: 7,
+            }
+        );
+        assert_eq!(config.hash_workers, 2);
+        let redis = parse(&["--redis-url", "redis://cache:6379"]).unwrap();
+        let config = Config::from_args_with(&redis.serve, |_| unreachable!()).unwrap();
+        assert_eq!(
+            config.sessions,
+            StoreSpec::Redis("redis://cache:6379".into())
+        );
+    }
+
+    #[test]
+    fn bad_store_or_backoff_names_the_setting_value_and_what_is_accepted() {
+        let cli = parse(&["--sessions", "postgres://db"]).unwrap();
+        let message = Config::from_args_with(&cli.serve, |_| unreachable!())
+            .unwrap_err()
+            .to_string();
+        for needle in ["APP_SESSIONS", "postgres://db", "sqlite:PATH", "memory"] {
+            assert!(message.contains(needle), "{needle}: {message}");
+        }
+        let cli = parse(&[
+            "--login-backoff-base-ms",
+            "5000",
+            "--login-backoff-cap-secs",
+            "2",
+        ])
+        .unwrap();
+        let message = Config::from_args_with(&cli.serve, |_| unreachable!())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("APP_LOGIN_BACKOFF_CAP_SECS") && message.contains("5000 ms"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -284,6 +447,9 @@ mod tests {
             &["--max-body-bytes", "lots"],
             &["--listen", "unix:app.sock"],
             &["--socket-mode", "999"],
+            &["--trusted-proxies", "localhost"],
+            &["--login-free-failures", "0"],
+            &["--hash-workers", "0"],
         ] {
             let err = parse(argv).unwrap_err();
             assert!(err.to_string().contains(argv[0]), "{argv:?}: {err}");

@@ -102,6 +102,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         };
         match app::run(listener, config, signals.recv()).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(error @ app::AppError::Store(_)) => startup_error(&error),
             Err(error) => {
                 tracing::error!(%error, "server failed");
                 ExitCode::FAILURE

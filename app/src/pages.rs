@@ -13,34 +13,30 @@ const LOGIN_TITLE: &str = "Learn FastAPI Login";
 const HOME_TITLE: &str = "Learn FastAPI Home";
 const ME_TITLE: &str = "Learn FastAPI My Info";
 
+/// The pages' own CSS, with the class names of the original's markup (which took them from
+/// Bootstrap) so its structure stays. `#info` wraps long JSON rather than scrolling sideways.
 const STYLE: &str = "\
 body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;color:#222}\
-h1{font-size:1.4rem}form{margin:1rem 0}label{display:block;margin:.5rem 0}\
-input{padding:.4rem;width:100%;box-sizing:border-box}button{padding:.4rem 1rem;margin:.2rem .4rem .2rem 0}\
-.message{padding:.5rem;background:#fff3cd;border:1px solid #e0c060}\
-dl{display:grid;grid-template-columns:max-content 1fr;gap:.3rem 1rem}dt{font-weight:bold}\
-pre,#info{background:#f4f4f4;padding:.5rem;overflow:auto;min-height:1rem}code{word-break:break-all}";
+.h3{font-size:1.75rem;line-height:1.2}.mb-3{margin-bottom:1rem}.fw-normal{font-weight:400}\
+h4{font-size:1.1rem;padding:.5rem;background:#fff3cd;border:1px solid #e0c060}\
+form{margin:1rem 0}label{display:block;margin:.5rem 0}\
+input{padding:.4rem;width:100%;box-sizing:border-box}\
+.btn{display:inline-block;padding:.4rem 1rem;margin:.2rem .4rem .2rem 0;border:1px solid transparent;\
+border-radius:.3rem;font:inherit;cursor:pointer}\
+.btn-primary{color:#fff;background:#0d6efd;border-color:#0d6efd}.btn-link{color:#0d6efd;background:none;text-decoration:underline}\
+.row{display:flex;flex-wrap:wrap;gap:1rem;margin:.3rem 0}.col-2{flex:0 0 8rem;font-weight:bold}.col-3{flex:1 1 12rem;overflow-wrap:anywhere}\
+#info{background:#f4f4f4;padding:.5rem;min-height:1rem;white-space:pre-wrap;overflow-wrap:anywhere;max-width:100%}\
+code{word-break:break-all}";
 
-/// The home page's script: the two buttons fetch `/admin/me` from the same origin (the session
-/// cookie goes along) and show the answer; HTML answers are parsed, never run.
+/// The home page's script: the "My Info as JSON" button fetches `/admin/me` as JSON from the same
+/// origin (the session cookie goes along) and shows the text, never running it.
 const HOME_SCRIPT: &str = r#"
 const info = document.getElementById("info");
-async function myInfo(asJson) {
-  const headers = asJson ? { "x-expected-format": "application/json" } : {};
+document.getElementById("meBtn").addEventListener("click", async () => {
+  const headers = { "x-expected-format": "application/json" };
   const response = await fetch("/admin/me", { credentials: "same-origin", headers });
-  const text = await response.text();
-  if (asJson) {
-    const pre = document.createElement("pre");
-    pre.textContent = text;
-    info.replaceChildren(pre);
-  } else {
-    const page = new DOMParser().parseFromString(text, "text/html");
-    const main = page.querySelector("main");
-    info.replaceChildren(main ? document.importNode(main, true) : document.createTextNode(text));
-  }
-}
-document.getElementById("my-info").addEventListener("click", () => myInfo(false));
-document.getElementById("my-info-json").addEventListener("click", () => myInfo(true));
+  info.textContent = await response.text();
+});
 "#;
 
 /// Content-Security-Policy for every page: inline CSS, only the home page's own script (by hash),
@@ -94,28 +90,29 @@ pub fn login_message(state: Option<i64>) -> Option<&'static str> {
     }
 }
 
+/// The page heading, with the original's classes.
+fn heading(text: &str) -> String {
+    format!("<h1 class=\"h3 mb-3 fw-normal\">{}</h1>\n", escape(text))
+}
+
 /// The login form, posting `username` and `password` to `/auth/token`.
 pub fn login(message: Option<&str>) -> String {
-    let mut main = format!("<h1>{}</h1>\n", escape(LOGIN_TITLE));
+    let mut main = heading("Please login");
     if let Some(message) = message {
-        let _ = writeln!(
-            main,
-            "<p class=\"message\" role=\"alert\">{}</p>",
-            escape(message)
-        );
+        let _ = writeln!(main, "<h4 role=\"alert\">{}</h4>", escape(message));
     }
     main.push_str(
-        "<form method=\"post\" action=\"/auth/token\">\n\
+        "<form id=\"loginForm\" method=\"post\" action=\"/auth/token\">\n\
          <label>Email <input type=\"text\" inputmode=\"email\" name=\"username\" autocomplete=\"username\" required></label>\n\
          <label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\n\
-         <button type=\"submit\">Login</button>\n</form>\n",
+         <button type=\"submit\" class=\"btn btn-primary\">Login</button>\n</form>\n",
     );
     layout(LOGIN_TITLE, &main, None)
 }
 
 /// The home page of a logged-in user; `api_url` is the absolute `/api/me` URL on the outside origin.
 pub fn home(user: &User, api_url: Option<&str>) -> String {
-    let mut main = format!("<h1>{}</h1>\n", escape(HOME_TITLE));
+    let mut main = heading("Home");
     let _ = writeln!(
         main,
         "<p>Welcome, {} {}.</p>",
@@ -123,9 +120,10 @@ pub fn home(user: &User, api_url: Option<&str>) -> String {
         escape(&user.last_name)
     );
     main.push_str(
-        "<p><button type=\"button\" id=\"my-info\">My Info</button>\
-         <button type=\"button\" id=\"my-info-json\">My Info as JSON</button></p>\n\
-         <div id=\"info\" aria-live=\"polite\"></div>\n",
+        "<button type=\"button\" id=\"meBtn\" class=\"btn btn-link\">My Info as JSON</button>\n\
+         <pre id=\"info\" aria-live=\"polite\"></pre>\n\
+         <form id=\"meForm\" method=\"get\" action=\"/admin/me\">\n\
+         <button type=\"submit\" class=\"btn btn-primary\">My Info</button>\n</form>\n",
     );
     if let Some(url) = api_url {
         let _ = writeln!(
@@ -135,23 +133,38 @@ pub fn home(user: &User, api_url: Option<&str>) -> String {
         );
     }
     main.push_str(
-        "<form method=\"post\" action=\"/auth/logout\">\n\
-         <button type=\"submit\">Logout</button>\n</form>\n",
+        "<form id=\"logoutForm\" method=\"post\" action=\"/auth/logout\">\n\
+         <button type=\"submit\" class=\"btn btn-primary\">Logout</button>\n</form>\n",
     );
     layout(HOME_TITLE, &main, Some(HOME_SCRIPT))
 }
 
-/// The user's details (never the password hash).
+/// The user's details (never the password hash), one row per field.
 pub fn me(user: &User) -> String {
-    let main = format!(
-        "<h1>{}</h1>\n<dl>\n<dt>Username</dt><dd>{}</dd>\n<dt>First name</dt><dd>{}</dd>\n\
-         <dt>Last name</dt><dd>{}</dd>\n</dl>\n<p><a href=\"/auth/home\">Home</a></p>\n",
-        escape(ME_TITLE),
-        escape(&user.username),
-        escape(&user.first_name),
-        escape(&user.last_name)
-    );
+    let mut main = heading("My Info");
+    for (label, value) in [
+        ("User name:", &user.username),
+        ("First name:", &user.first_name),
+        ("Last name:", &user.last_name),
+    ] {
+        let _ = writeln!(
+            main,
+            "<div class=\"row\"><div class=\"col-2\">{label}</div><div class=\"col-3\">{}</div></div>",
+            escape(value)
+        );
+    }
+    main.push_str("<p><a href=\"/auth/home\">Home</a></p>\n");
     layout(ME_TITLE, &main, None)
+}
+
+/// A page for an error a browser user can meet (throttled login, sessions unavailable).
+pub fn error(heading_text: &str, message: &str) -> String {
+    let main = format!(
+        "{}<h4 role=\"alert\">{}</h4>\n<p><a href=\"/auth/login\">Back to login</a></p>\n",
+        heading(heading_text),
+        escape(message)
+    );
+    layout(heading_text, &main, None)
 }
 
 #[cfg(test)]
@@ -173,7 +186,55 @@ mod tests {
             Some("Incorrect username or password")
         );
         assert_eq!(login_message(Some(0)), None);
-        assert!(login(login_message(Some(2))).contains("Please log in to continue"));
+        assert!(login(login_message(Some(2)))
+            .contains("<h4 role=\"alert\">Please log in to continue</h4>"));
+    }
+
+    #[test]
+    fn the_original_structure_is_kept() {
+        let user = crate::users::Users::demo().iter().next().unwrap().clone();
+        let pages = [
+            (login(Some("x")), &[
+                "<h1 class=\"h3 mb-3 fw-normal\">Please login</h1>",
+                "<h4 role=\"alert\">x</h4>",
+                "<form id=\"loginForm\" method=\"post\" action=\"/auth/token\">",
+                "name=\"username\"",
+                "name=\"password\"",
+            ][..]),
+            (home(&user, None), &[
+                "<h1 class=\"h3 mb-3 fw-normal\">Home</h1>",
+                "<button type=\"button\" id=\"meBtn\" class=\"btn btn-link\">My Info as JSON</button>",
+                "<form id=\"meForm\" method=\"get\" action=\"/admin/me\">\n<button type=\"submit\" class=\"btn btn-primary\">My Info</button>",
+                "<form id=\"logoutForm\" method=\"post\" action=\"/auth/logout\">\n<button type=\"submit\" class=\"btn btn-primary\">Logout</button>",
+            ]),
+            (me(&user), &[
+                "<h1 class=\"h3 mb-3 fw-normal\">My Info</h1>",
+                "<div class=\"row\"><div class=\"col-2\">User name:</div><div class=\"col-3\">behai_nguyen@hotmail.com</div></div>",
+                "<div class=\"row\"><div class=\"col-2\">First name:</div><div class=\"col-3\">Be Hai</div></div>",
+                "<div class=\"row\"><div class=\"col-2\">Last name:</div><div class=\"col-3\">Doe</div></div>",
+                "<a href=\"/auth/home\">",
+            ]),
+        ];
+        for (page, needles) in pages {
+            for needle in needles {
+                assert!(page.contains(needle), "missing {needle:?} in {page}");
+            }
+        }
+        // Every class the markup uses is styled here, and the JSON box wraps.
+        for class in [
+            ".h3",
+            ".mb-3",
+            ".fw-normal",
+            ".btn-link",
+            ".btn-primary",
+            ".row",
+            ".col-2",
+            ".col-3",
+        ] {
+            assert!(STYLE.contains(&format!("{class}{{")), "{class}");
+        }
+        assert!(STYLE.contains("#info{") && STYLE.contains("white-space:pre-wrap"));
+        assert!(!STYLE.contains("overflow:auto"));
     }
 
     #[test]

@@ -7,8 +7,10 @@ use http::uri::Authority;
 use http::HeaderMap;
 use serde::Serialize;
 
+use crate::multipart;
+
 /// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "app_session";
+pub const SESSION_COOKIE: &str = "session";
 /// The original app's header asking for JSON.
 pub const FORMAT_HEADER: &str = "x-expected-format";
 const JSON: &str = "application/json";
@@ -172,23 +174,31 @@ pub struct LoginForm {
     pub password: String,
 }
 
-/// Parses `username` and `password` from a form-urlencoded body; any other content type counts as
-/// no fields at all. `grant_type`, if sent, must be `password` (as in OAuth2PasswordRequestForm).
+/// Parses `username` and `password` from a form-urlencoded or multipart/form-data body (browser
+/// `FormData` clients send the latter); any other content type, or a malformed multipart body,
+/// counts as no fields at all. `grant_type`, if sent, must be `password` (as in
+/// OAuth2PasswordRequestForm).
 pub fn login_form(headers: &HeaderMap, body: &[u8]) -> Result<LoginForm, Vec<FieldError>> {
-    let is_form = headers
+    let content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| media_type(v).eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        .unwrap_or("");
+    let fields: Vec<(String, String)> =
+        if media_type(content_type).eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            form_urlencoded::parse(body).into_owned().collect()
+        } else if let Some(boundary) = multipart::boundary(content_type) {
+            multipart::fields(body, boundary).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
     let (mut username, mut password, mut grant_type) = (None, None, None);
-    if is_form {
-        // Repeated fields: the last one wins, as in Starlette's form parsing.
-        for (key, value) in form_urlencoded::parse(body) {
-            match &*key {
-                "username" => username = Some(value.into_owned()),
-                "password" => password = Some(value.into_owned()),
-                "grant_type" => grant_type = Some(value.into_owned()),
-                _ => {}
-            }
+    // Repeated fields: the last one wins, as in Starlette's form parsing.
+    for (key, value) in fields {
+        match &*key {
+            "username" => username = Some(value),
+            "password" => password = Some(value),
+            "grant_type" => grant_type = Some(value),
+            _ => {}
         }
     }
     let mut errors = Vec::new();
@@ -338,16 +348,13 @@ mod tests {
             (&[("authorization", "bearer  abc ")], Some("abc")),
             (&[("authorization", "Basic abc")], None),
             (&[("authorization", "Bearer ")], None),
-            (&[("cookie", "a=1; app_session=tok; b=2")], Some("tok")),
-            (
-                &[("cookie", "a=1"), ("cookie", "app_session=tok")],
-                Some("tok"),
-            ),
-            (&[("cookie", "xapp_session=tok")], None),
+            (&[("cookie", "a=1; session=tok; b=2")], Some("tok")),
+            (&[("cookie", "a=1"), ("cookie", "session=tok")], Some("tok")),
+            (&[("cookie", "xsession=tok")], None),
             (
                 &[
                     ("authorization", "Bearer first"),
-                    ("cookie", "app_session=second"),
+                    ("cookie", "session=second"),
                 ],
                 Some("first"),
             ),
@@ -376,6 +383,25 @@ mod tests {
         let not_a_form = login_form(&json, br#"{"username":"a","password":"b"}"#).unwrap_err();
         assert_eq!(
             not_a_form,
+            vec![
+                FieldError::missing("username"),
+                FieldError::missing("password")
+            ]
+        );
+        let multipart = headers(&[("content-type", "multipart/form-data; boundary=b1")]);
+        assert_eq!(
+            login_form(
+                &multipart,
+                b"--b1\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\na@x\r\n\
+                  --b1\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\np w\r\n--b1--\r\n"
+            ),
+            Ok(LoginForm {
+                username: "a@x".into(),
+                password: "p w".into()
+            })
+        );
+        assert_eq!(
+            login_form(&multipart, b"not multipart").unwrap_err(),
             vec![
                 FieldError::missing("username"),
                 FieldError::missing("password")

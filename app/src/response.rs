@@ -2,8 +2,10 @@
 //! where request errors become HTTP statuses ([`ApiError::into_response`]).
 
 use bytes::Bytes;
+use std::time::Duration;
+
 use http::header::{
-    ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, SET_COOKIE,
+    ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE,
     WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
 };
 use http::{HeaderValue, Response, StatusCode};
@@ -11,7 +13,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::pages;
-use crate::request::{FieldError, SESSION_COOKIE};
+use crate::request::{FieldError, Format, SESSION_COOKIE};
 
 /// The response type of every route.
 pub type AppResponse = Response<Full<Bytes>>;
@@ -51,6 +53,16 @@ pub fn see_other(location: &'static str) -> AppResponse {
     response
 }
 
+/// A `307 Temporary Redirect` (method and body kept) to a relative `location`.
+pub fn temporary_redirect(location: &str) -> AppResponse {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    response
+}
+
 /// Marks a response as personal: no cache may keep it (RFC 6749 §5.1 asks this of token responses).
 pub fn no_store(mut response: AppResponse) -> AppResponse {
     response
@@ -59,11 +71,13 @@ pub fn no_store(mut response: AppResponse) -> AppResponse {
     response
 }
 
-/// Sets the session cookie: `HttpOnly; SameSite=Lax; Path=/`, plus `Secure` when the outside
-/// scheme is https. No `Max-Age`: the server's idle timeout decides how long a session lives.
-pub fn set_session_cookie(response: &mut AppResponse, token: &str, secure: bool) {
+/// Sets the session cookie: `HttpOnly; SameSite=Lax; Path=/`, `Max-Age` the session idle timeout,
+/// plus `Secure` when the outside scheme is https. Sent again on every response of a live session,
+/// so the browser's expiry slides with the server's.
+pub fn set_session_cookie(response: &mut AppResponse, token: &str, secure: bool, idle: Duration) {
     let cookie = format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Lax; Path=/{}",
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{}",
+        idle.as_secs().max(1),
         secure_suffix(secure)
     );
     append_cookie(response, &cookie);
@@ -123,6 +137,12 @@ pub enum ApiError {
     /// A token that names no live session.
     #[error("invalid authentication credentials")]
     InvalidCredentials,
+    /// Too many failed logins from this address (for this username); try again after the wait.
+    #[error("login throttled for {0:?}")]
+    Throttled(Duration),
+    /// The session store cannot answer (e.g. Redis is down); details are logged, not sent.
+    #[error("{0}")]
+    StoreUnavailable(String),
     /// A server-side failure (e.g. the OS RNG); details are logged, not sent.
     #[error("internal error: {0}")]
     Internal(String),
@@ -155,6 +175,17 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED,
                 json!("Invalid authentication credentials"),
             ),
+            Self::Throttled(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                json!(format!(
+                    "Too many failed logins; try again in {} seconds",
+                    retry_after_secs(*wait)
+                )),
+            ),
+            Self::StoreUnavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!("Session store unavailable; try again shortly"),
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 json!("Internal Server Error"),
@@ -174,8 +205,59 @@ impl ApiError {
             }
             _ => {}
         }
+        if let Some(wait) = self.retry_after() {
+            headers.insert(RETRY_AFTER, HeaderValue::from(retry_after_secs(wait)));
+        }
         response
     }
+
+    /// The response in the wanted format: the errors a browser user can meet on a page (throttled,
+    /// store down) get an HTML page with the same status; everything else stays JSON, as FastAPI's.
+    pub fn into_response_for(self, format: Format) -> AppResponse {
+        let (status, heading) = match (&self, format) {
+            (Self::Throttled(_), Format::Html) => {
+                (StatusCode::TOO_MANY_REQUESTS, "Too many failed logins")
+            }
+            (Self::StoreUnavailable(_), Format::Html) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "Sessions are unavailable")
+            }
+            _ => return self.into_response(),
+        };
+        let retry_after = self.retry_after();
+        let json = self.into_response();
+        let message = match retry_after {
+            Some(wait) if status == StatusCode::TOO_MANY_REQUESTS => {
+                format!(
+                    "Please wait {} seconds before trying again.",
+                    retry_after_secs(wait)
+                )
+            }
+            _ => "The session store cannot be reached. Please try again shortly.".to_owned(),
+        };
+        let mut response = html(pages::error(heading, &message));
+        *response.status_mut() = status;
+        if let Some(value) = json.headers().get(RETRY_AFTER) {
+            response.headers_mut().insert(RETRY_AFTER, value.clone());
+        }
+        response
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Throttled(wait) => Some(*wait),
+            Self::StoreUnavailable(_) => Some(STORE_RETRY_AFTER),
+            _ => None,
+        }
+    }
+}
+
+/// `Retry-After` for a session store that is down: a guess, long enough to reconnect.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Whole seconds to wait, rounded up (RFC 9110 §10.2.3: delay-seconds), at least 1.
+fn retry_after_secs(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
 }
 
 #[cfg(test)]
@@ -214,6 +296,16 @@ mod tests {
                 json!("Invalid authentication credentials"),
             ),
             (
+                ApiError::Throttled(Duration::from_millis(1500)),
+                429,
+                json!("Too many failed logins; try again in 2 seconds"),
+            ),
+            (
+                ApiError::StoreUnavailable("redis down".into()),
+                503,
+                json!("Session store unavailable; try again shortly"),
+            ),
+            (
                 ApiError::Internal("rng".into()),
                 500,
                 json!("Internal Server Error"),
@@ -226,19 +318,43 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn throttled_and_store_errors_come_as_html_or_json_with_retry_after() {
+        for (error, status, retry) in [
+            (ApiError::Throttled(Duration::from_secs(4)), 429, "4"),
+            (ApiError::StoreUnavailable("down".into()), 503, "5"),
+        ] {
+            let detail = body_json(ApiError::into_response(match &error {
+                ApiError::Throttled(w) => ApiError::Throttled(*w),
+                _ => ApiError::StoreUnavailable(String::new()),
+            }))
+            .await;
+            assert!(detail["detail"].is_string());
+            let page = error.into_response_for(Format::Html);
+            assert_eq!(page.status().as_u16(), status);
+            assert_eq!(page.headers()[RETRY_AFTER], retry);
+            assert_eq!(page.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
+        }
+        let json = ApiError::Throttled(Duration::from_secs(4)).into_response_for(Format::Json);
+        assert_eq!(json.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(json.headers()[RETRY_AFTER], "4");
+        let not_a_page = ApiError::NotFound.into_response_for(Format::Html);
+        assert_eq!(not_a_page.headers()[CONTENT_TYPE], "application/json");
+    }
+
     #[test]
     fn cookie_flags() {
         let mut response = see_other("/");
-        set_session_cookie(&mut response, "abc", false);
+        set_session_cookie(&mut response, "abc", false, Duration::from_secs(1800));
         clear_session_cookie(&mut response, true);
         let cookies: Vec<_> = response.headers().get_all(SET_COOKIE).iter().collect();
         assert_eq!(
             cookies[0],
-            "app_session=abc; HttpOnly; SameSite=Lax; Path=/"
+            "session=abc; HttpOnly; SameSite=Lax; Path=/; Max-Age=1800"
         );
         assert_eq!(
             cookies[1],
-            "app_session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0; Secure"
+            "session=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0; Secure"
         );
     }
 }

@@ -8,8 +8,9 @@
 //! | `/auth/home` | GET | home page |
 //! | `/admin/me`, `/api/me` | GET | the user's details, JSON or HTML / always JSON |
 
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
@@ -18,19 +19,27 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use crate::client::{client_address, TrustedProxies};
 use crate::pages;
 use crate::request::{self, Format};
 use crate::response::{self, ApiError, AppResponse};
-use crate::sessions::Sessions;
+use crate::sessions::{SessionStore, SessionToken, StoreError};
+use crate::throttle::Throttle;
 use crate::users::{Authenticator, User};
 
 /// State shared by every request.
 #[derive(Debug)]
 pub struct AppState {
     /// Who can log in.
-    pub auth: Arc<Authenticator>,
+    pub auth: Authenticator,
     /// Live sessions.
-    pub sessions: Sessions,
+    pub sessions: Arc<SessionStore>,
+    /// A session unused this long is gone; also the cookie's `Max-Age`.
+    pub session_idle_timeout: Duration,
+    /// Failed-login counters.
+    pub throttle: Throttle,
+    /// Peers whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
     /// Request body limit in bytes.
     pub max_body_bytes: usize,
     /// Time allowed to receive a body.
@@ -68,42 +77,66 @@ impl Route {
             Self::Login { .. } | Self::Logout { .. } => (Method::POST, "POST"),
         }
     }
+
+    /// Whether the route always answers JSON (the `/api/` flavours).
+    fn json_only(self) -> bool {
+        matches!(
+            self,
+            Self::Login { json_only: true }
+                | Self::Logout { json_only: true }
+                | Self::Me { json_only: true }
+        )
+    }
 }
 
-/// Answers one request; never fails (errors become responses here).
-pub async fn handle(state: &AppState, request: Request<Incoming>) -> AppResponse {
-    let result = match Route::find(request.uri().path()) {
-        None => Err(ApiError::NotFound),
-        Some(route) => {
-            let (method, allow) = route.method();
-            if request.method() != method {
-                Err(ApiError::MethodNotAllowed(allow))
-            } else {
-                dispatch(state, route, request).await
-            }
-        }
+/// Where a known route's trailing-slash form redirects, keeping the query: `/auth/login/?a=1` →
+/// `/auth/login?a=1`, as the original (Starlette's `redirect_slashes`) did, but relative, so it is
+/// right behind any proxy. Only known routes redirect, so no path can make an open redirect.
+fn slash_redirect(path: &str, query: Option<&str>) -> Option<String> {
+    let trimmed = path.strip_suffix('/').filter(|p| !p.is_empty())?;
+    Route::find(trimmed)?;
+    Some(match query {
+        Some(query) => format!("{trimmed}?{query}"),
+        None => trimmed.to_owned(),
+    })
+}
+
+/// Answers one request from `peer`; never fails (errors become responses here).
+pub async fn handle(state: &AppState, peer: SocketAddr, request: Request<Incoming>) -> AppResponse {
+    let uri = request.uri();
+    let Some(route) = Route::find(uri.path()) else {
+        return match slash_redirect(uri.path(), uri.query()) {
+            Some(location) => response::temporary_redirect(&location),
+            None => ApiError::NotFound.into_response(),
+        };
     };
-    result.unwrap_or_else(ApiError::into_response)
+    let format = if route.json_only() {
+        Format::Json
+    } else {
+        request::format(request.headers())
+    };
+    let (method, allow) = route.method();
+    let result = if request.method() != method {
+        Err(ApiError::MethodNotAllowed(allow))
+    } else {
+        dispatch(state, route, format, peer, request).await
+    };
+    result.unwrap_or_else(|error| error.into_response_for(format))
 }
 
 async fn dispatch(
     state: &AppState,
     route: Route,
+    format: Format,
+    peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<AppResponse, ApiError> {
-    let wanted = |json_only: bool| {
-        if json_only {
-            Format::Json
-        } else {
-            request::format(request.headers())
-        }
-    };
     match route {
-        Route::LoginPage => login_page(state, &request),
-        Route::Login { json_only } => login(state, wanted(json_only), request).await,
-        Route::Logout { json_only } => Ok(logout(state, wanted(json_only), &request)),
-        Route::Home => Ok(home(state, &request)),
-        Route::Me { json_only } => me(state, wanted(json_only), &request),
+        Route::LoginPage => login_page(state, &request).await,
+        Route::Login { .. } => login(state, format, peer, request).await,
+        Route::Logout { .. } => logout(state, format, &request).await,
+        Route::Home => home(state, &request).await,
+        Route::Me { .. } => me(state, format, &request).await,
     }
 }
 
@@ -114,25 +147,60 @@ enum Session {
     /// A token naming no live session.
     Invalid,
     /// A live session of this user.
-    Valid(User),
+    Valid(User, SessionToken),
 }
 
-fn session<B>(state: &AppState, request: &Request<B>) -> Session {
-    let Some(token) = request::credential(request.headers()) else {
-        return Session::Absent;
+fn unavailable(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Unavailable { .. } => {
+            tracing::warn!(%error, "session store unavailable");
+            ApiError::StoreUnavailable(error.to_string())
+        }
+        StoreError::Rng(_) => ApiError::Internal(error.to_string()),
+    }
+}
+
+async fn session<B>(state: &AppState, request: &Request<B>) -> Result<Session, ApiError> {
+    let Some(credential) = request::credential(request.headers()) else {
+        return Ok(Session::Absent);
     };
-    state
-        .sessions
-        .touch(&token, Instant::now())
+    let Some(token) = SessionToken::parse(&credential) else {
+        return Ok(Session::Invalid);
+    };
+    let username = state.sessions.touch(&token).await.map_err(unavailable)?;
+    Ok(username
         .and_then(|username| state.auth.user(&username).cloned())
-        .map_or(Session::Invalid, Session::Valid)
+        .map_or(Session::Invalid, |user| Session::Valid(user, token)))
 }
 
-fn login_page<B>(state: &AppState, request: &Request<B>) -> Result<AppResponse, ApiError> {
+/// A response of a live session: its cookie is set again (sliding the browser's expiry with the
+/// server's idle timeout) and no cache may keep it.
+fn live<B>(
+    state: &AppState,
+    request: &Request<B>,
+    token: &SessionToken,
+    mut response: AppResponse,
+) -> AppResponse {
+    let secure = request::origin(request.headers()).https;
+    response::set_session_cookie(
+        &mut response,
+        token.as_str(),
+        secure,
+        state.session_idle_timeout,
+    );
+    response::no_store(response)
+}
+
+async fn login_page<B>(state: &AppState, request: &Request<B>) -> Result<AppResponse, ApiError> {
     let login_state =
         request::login_state(request.uri().query()).map_err(|e| ApiError::Validation(vec![e]))?;
-    if let Session::Valid(_) = session(state, request) {
-        return Ok(response::see_other("/auth/home"));
+    if let Session::Valid(_, token) = session(state, request).await? {
+        return Ok(live(
+            state,
+            request,
+            &token,
+            response::see_other("/auth/home"),
+        ));
     }
     Ok(response::html(pages::login(pages::login_message(
         login_state,
@@ -142,30 +210,46 @@ fn login_page<B>(state: &AppState, request: &Request<B>) -> Result<AppResponse, 
 async fn login(
     state: &AppState,
     format: Format,
+    peer: SocketAddr,
     request: Request<Incoming>,
 ) -> Result<AppResponse, ApiError> {
-    if let Session::Valid(_) = session(state, &request) {
-        return Ok(match format {
+    if let Session::Valid(_, token) = session(state, &request).await? {
+        let response = match format {
             Format::Json => response::json(StatusCode::OK, &json!({"detail": "Already logged in"})),
             Format::Html => response::see_other("/auth/home"),
-        });
+        };
+        return Ok(live(state, &request, &token, response));
     }
     let secure = request::origin(request.headers()).https;
+    let client = client_address(peer.ip(), request.headers(), &state.trusted_proxies);
     let (parts, body) = request.into_parts();
     let body = read_body(state, &parts.headers, body).await?;
     let form = request::login_form(&parts.headers, &body).map_err(ApiError::Validation)?;
+    let now = tokio::time::Instant::now().into_std();
+    let attempt = state
+        .throttle
+        .begin(&form.username, client, now)
+        .map_err(|wait| {
+            tracing::info!(username = ?form.username, %client, ?wait, "login throttled");
+            ApiError::Throttled(wait)
+        })?;
     let Some(user) = state.auth.verify(&form.username, &form.password).await else {
-        tracing::info!(username = ?form.username, "login failed");
+        state
+            .throttle
+            .failed(attempt, tokio::time::Instant::now().into_std());
+        tracing::info!(username = ?form.username, %client, "login failed");
         return match format {
             Format::Json => Err(ApiError::BadCredentials),
             Format::Html => Ok(response::see_other("/auth/login?state=3")),
         };
     };
+    state.throttle.succeeded(attempt);
     let token = state
         .sessions
-        .create(&user.username, Instant::now())
-        .map_err(|e| ApiError::Internal(format!("session token: {e}")))?;
-    tracing::info!(username = %user.username, "logged in");
+        .create(&user.username)
+        .await
+        .map_err(unavailable)?;
+    tracing::info!(username = %user.username, %client, "logged in");
     let mut response = match format {
         Format::Json => response::json(
             StatusCode::OK,
@@ -173,7 +257,12 @@ async fn login(
         ),
         Format::Html => response::see_other("/auth/home"),
     };
-    response::set_session_cookie(&mut response, token.as_str(), secure);
+    response::set_session_cookie(
+        &mut response,
+        token.as_str(),
+        secure,
+        state.session_idle_timeout,
+    );
     Ok(response::no_store(response))
 }
 
@@ -203,46 +292,64 @@ async fn read_body(
     }
 }
 
-fn logout<B>(state: &AppState, format: Format, request: &Request<B>) -> AppResponse {
-    let token = request::credential(request.headers());
-    let was_logged_in = token
-        .as_deref()
-        .is_some_and(|t| state.sessions.revoke(t, Instant::now()));
+async fn logout<B>(
+    state: &AppState,
+    format: Format,
+    request: &Request<B>,
+) -> Result<AppResponse, ApiError> {
+    let credential = request::credential(request.headers());
+    let was_logged_in = match credential.as_deref().and_then(SessionToken::parse) {
+        Some(token) => state.sessions.revoke(&token).await.map_err(unavailable)?,
+        None => false,
+    };
     let mut response = match (format, was_logged_in) {
         (Format::Json, true) => response::json(StatusCode::OK, &json!({"detail": "Logged out"})),
-        (Format::Json, false) if token.is_none() => ApiError::NotAuthenticated.into_response(),
+        (Format::Json, false) if credential.is_none() => ApiError::NotAuthenticated.into_response(),
         (Format::Json, false) => ApiError::InvalidCredentials.into_response(),
         (Format::Html, true) => response::see_other("/auth/login?state=0"),
         (Format::Html, false) => response::see_other("/auth/login?state=1"),
     };
     // Clear the cookie even when the session was already gone, so a stale one stops being sent.
     response::clear_session_cookie(&mut response, request::origin(request.headers()).https);
-    response
+    Ok(response)
 }
 
-fn home<B>(state: &AppState, request: &Request<B>) -> AppResponse {
-    match session(state, request) {
-        Session::Valid(user) => {
+async fn home<B>(state: &AppState, request: &Request<B>) -> Result<AppResponse, ApiError> {
+    Ok(match session(state, request).await? {
+        Session::Valid(user, token) => {
             let api_url = request::origin(request.headers()).url("/api/me");
-            response::no_store(response::html(pages::home(&user, api_url.as_deref())))
+            let page = response::html(pages::home(&user, api_url.as_deref()));
+            live(state, request, &token, page)
         }
         Session::Absent | Session::Invalid => response::see_other("/auth/login?state=2"),
-    }
+    })
 }
 
-fn me<B>(state: &AppState, format: Format, request: &Request<B>) -> Result<AppResponse, ApiError> {
-    match (session(state, request), format) {
-        (Session::Valid(user), Format::Json) => Ok(response::no_store(response::json(
-            StatusCode::OK,
-            &json!({
+async fn me<B>(
+    state: &AppState,
+    format: Format,
+    request: &Request<B>,
+) -> Result<AppResponse, ApiError> {
+    match (session(state, request).await?, format) {
+        (Session::Valid(user, token), Format::Json) => {
+            let body = json!({
                 "username": user.username,
                 "first_name": user.first_name,
                 "last_name": user.last_name,
-            }),
-        ))),
-        (Session::Valid(user), Format::Html) => {
-            Ok(response::no_store(response::html(pages::me(&user))))
+            });
+            Ok(live(
+                state,
+                request,
+                &token,
+                response::json(StatusCode::OK, &body),
+            ))
         }
+        (Session::Valid(user, token), Format::Html) => Ok(live(
+            state,
+            request,
+            &token,
+            response::html(pages::me(&user)),
+        )),
         (Session::Absent, Format::Json) => Err(ApiError::NotAuthenticated),
         (Session::Invalid, Format::Json) => Err(ApiError::InvalidCredentials),
         (_, Format::Html) => Ok(response::see_other("/auth/login?state=2")),
@@ -263,5 +370,31 @@ mod tests {
             Some("POST")
         );
         assert_eq!(Route::find("/auth/home").map(|r| r.method().1), Some("GET"));
+    }
+
+    #[test]
+    fn trailing_slash_redirects() {
+        let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+            ("/auth/login/", None, Some("/auth/login")),
+            (
+                "/auth/login/",
+                Some("state=2&x=%2F"),
+                Some("/auth/login?state=2&x=%2F"),
+            ),
+            ("/api/me/", None, Some("/api/me")),
+            ("/auth/token/", None, Some("/auth/token")),
+            ("/", None, None),
+            ("/auth/login//", None, None),
+            ("/nope/", None, None),
+            ("//evil.example/", None, None),
+            ("/auth/login", None, None),
+        ];
+        for (path, query, want) in cases {
+            assert_eq!(
+                slash_redirect(path, *query).as_deref(),
+                *want,
+                "{path} {query:?}"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +16,10 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::listen::Listener;
+use crate::listen::{Listener, Peer};
 use crate::routes::{self, AppState};
-use crate::sessions::Sessions;
+use crate::sessions::{OpenError, SessionStore};
+use crate::throttle::Throttle;
 use crate::users::{Authenticator, HashError};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
@@ -32,6 +34,9 @@ pub enum AppError {
     /// Preparing password verification failed.
     #[error("preparing password checks: {0}")]
     Users(#[from] HashError),
+    /// The session store could not be opened (a configuration error: `main` exits 64).
+    #[error(transparent)]
+    Store(#[from] OpenError),
     /// A start-up task panicked or was cancelled.
     #[error("start-up task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -47,11 +52,21 @@ pub async fn run(
     let listener = listener.into();
     let local = listener.local_addr().map_err(AppError::Listener)?;
     // The dummy hash for unknown users costs one argon2 run: keep it off the async threads.
+    let sessions = SessionStore::open(
+        &config.sessions,
+        config.session_idle_timeout,
+        config.max_sessions,
+    )
+    .await?;
     let users = config.users.clone();
-    let auth = tokio::task::spawn_blocking(move || Authenticator::new(&users)).await??;
+    let workers = config.hash_workers;
+    let auth = tokio::task::spawn_blocking(move || Authenticator::new(&users, workers)).await??;
     let state = Arc::new(AppState {
-        auth: Arc::new(auth),
-        sessions: Sessions::new(config.session_idle_timeout, config.max_sessions),
+        auth,
+        sessions,
+        session_idle_timeout: config.session_idle_timeout,
+        throttle: Throttle::new(config.throttle),
+        trusted_proxies: config.trusted_proxies.clone(),
         max_body_bytes: config.max_body_bytes,
         body_read_timeout: config.body_read_timeout,
     });
@@ -72,6 +87,10 @@ pub async fn run(
         session_idle_timeout = ?config.session_idle_timeout,
         max_sessions = config.max_sessions,
         max_body_bytes = config.max_body_bytes,
+        sessions = ?config.sessions,
+        trusted_proxies = ?config.trusted_proxies,
+        throttle = ?config.throttle,
+        hash_workers = config.hash_workers,
         "listening"
     );
 
@@ -93,9 +112,15 @@ pub async fn run(
                     }
                 };
                 let state = Arc::clone(&state);
+                // A UNIX-socket peer is a local process the socket's mode let in: it counts as
+                // loopback, as the proxy sidecar on TCP does.
+                let peer_addr = match peer {
+                    Peer::Tcp(addr) => addr,
+                    Peer::Local => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                };
                 let service = service_fn(move |request| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(routes::handle(&state, request).await) }
+                    async move { Ok::<_, Infallible>(routes::handle(&state, peer_addr, request).await) }
                 });
                 let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let connection = graceful.watch(connection);

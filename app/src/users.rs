@@ -15,10 +15,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
 use thiserror::Error;
-use tokio::sync::Semaphore;
+
+use crate::hashing::{blocks_needed, HashPool};
 
 /// Demo users of the original tutorial; both have the password `password`.
 const DEMO_USERS: &str = "\
@@ -38,7 +39,7 @@ pub struct User {
     pub first_name: String,
     /// Family name.
     pub last_name: String,
-    password_hash: String,
+    password_hash: Arc<str>,
 }
 
 impl fmt::Debug for User {
@@ -131,7 +132,7 @@ impl Users {
                 username: username.to_owned(),
                 first_name: first_name.to_owned(),
                 last_name: last_name.to_owned(),
-                password_hash: hash.to_owned(),
+                password_hash: hash.into(),
             });
         }
         if users.is_empty() {
@@ -168,6 +169,9 @@ pub enum HashError {
     /// argon2 rejected the input or parameters.
     #[error("argon2: {0}")]
     Argon2(argon2::password_hash::Error),
+    /// The password-check threads could not be started.
+    #[error("starting the password-check threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// Hashes `password` as an argon2id PHC string with argon2's default (OWASP) parameters.
@@ -185,21 +189,20 @@ fn hash_with(argon2: &Argon2<'_>, password: &str) -> Result<String, HashError> {
     Ok(hash.to_string())
 }
 
-/// Checks passwords against the users; the CPU-heavy argon2 work runs on the blocking pool,
-/// at most one check per core at a time so a login flood cannot exhaust memory (each check
-/// holds its argon2 memory cost, 19 MiB by default).
+/// Checks passwords against the users on the bounded [`HashPool`] (see `hashing` for why).
 #[derive(Debug)]
 pub struct Authenticator {
     by_name: HashMap<String, User>,
     /// Hash of a random password with the parameters of the first user, verified when the
     /// username is unknown so that case costs the same as a wrong password.
-    dummy_hash: String,
-    permits: Semaphore,
+    dummy_hash: Arc<str>,
+    pool: HashPool,
 }
 
 impl Authenticator {
-    /// Builds the directory; computes the dummy hash, so call it off the async threads.
-    pub fn new(users: &Users) -> Result<Self, HashError> {
+    /// Builds the directory and starts `workers` hashing threads; computes the dummy hash, so call
+    /// it off the async threads.
+    pub fn new(users: &Users, workers: usize) -> Result<Self, HashError> {
         let first = users.iter().next().expect("Users is never empty");
         let parsed = PasswordHash::new(&first.password_hash).map_err(HashError::Argon2)?;
         let params = Params::try_from(&parsed).map_err(HashError::Argon2)?;
@@ -208,14 +211,20 @@ impl Authenticator {
         getrandom::fill(&mut random).map_err(HashError::Rng)?;
         let dummy_password: String = random.iter().map(|b| format!("{b:02x}")).collect();
         let dummy_hash = hash_with(&argon2, &dummy_password)?;
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Every worker's buffer fits the largest memory cost among the users' hashes.
+        let max_blocks = users
+            .iter()
+            .filter_map(|u| blocks_needed(&u.password_hash))
+            .max()
+            .unwrap_or_default();
+        let pool = HashPool::start(workers, max_blocks).map_err(HashError::Workers)?;
         Ok(Self {
             by_name: users
                 .iter()
                 .map(|u| (u.username.clone(), u.clone()))
                 .collect(),
-            dummy_hash,
-            permits: Semaphore::new(cores),
+            dummy_hash: dummy_hash.into(),
+            pool,
         })
     }
 
@@ -225,23 +234,13 @@ impl Authenticator {
     }
 
     /// The user if `password` is theirs. Unknown users cost one argon2 verification too.
-    pub async fn verify(self: &Arc<Self>, username: &str, password: &str) -> Option<User> {
+    pub async fn verify(&self, username: &str, password: &str) -> Option<User> {
         let user = self.by_name.get(username).cloned();
-        let hash = user
-            .as_ref()
-            .map_or_else(|| self.dummy_hash.clone(), |u| u.password_hash.clone());
-        let password = password.to_owned();
-        // The semaphore is never closed, so acquire cannot fail.
-        let _permit = self.permits.acquire().await.ok()?;
-        let matches = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
+        let hash = user.as_ref().map_or_else(
+            || Arc::clone(&self.dummy_hash),
+            |u| Arc::clone(&u.password_hash),
+        );
+        let matches = self.pool.verify(hash, password.to_owned()).await;
         user.filter(|_| matches)
     }
 }
@@ -322,7 +321,7 @@ mod tests {
     async fn verify_right_wrong_and_unknown() {
         let hash = hash_password("s3cret").unwrap();
         let users = Users::parse(&format!("a@x:A:B:{hash}")).unwrap();
-        let auth = Arc::new(Authenticator::new(&users).unwrap());
+        let auth = Authenticator::new(&users, 1).unwrap();
         assert_eq!(
             auth.verify("a@x", "s3cret").await.map(|u| u.username),
             Some("a@x".to_owned())

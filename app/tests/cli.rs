@@ -1,9 +1,11 @@
 //! The `app` binary: start-up errors exit 64 with a clear message, `hash-password` prints a usable
 //! hash, and a served process logs its address and stops cleanly on SIGTERM.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 const APP: &str = env!("CARGO_BIN_EXE_app");
 
@@ -35,26 +37,7 @@ fn spawn_serving() -> (
     String,
     std::io::Lines<BufReader<std::process::ChildStdout>>,
 ) {
-    let mut child = Command::new(APP)
-        .args(["--listen", "127.0.0.1:0"])
-        .env_remove("APP_USERS_FILE")
-        .env("NO_COLOR", "1")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("log line before exit").unwrap();
-        if let Some(rest) = line
-            .split("addr=")
-            .nth(1)
-            .filter(|_| line.contains("listening"))
-        {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    (child, addr, lines)
+    common::process::spawn_serving(APP, &[])
 }
 
 #[test]

@@ -30,7 +30,7 @@ async fn login_page_and_its_states() {
         let text = page.text();
         assert!(text.contains(r#"action="/auth/token""#), "{text}");
         assert!(text.contains(r#"name="username""#) && text.contains(r#"name="password""#));
-        assert!(!text.contains("class=\"message\""));
+        assert!(!text.contains("<h4"));
     }
     for (state, message) in [
         (1, "This session has not been logged in before"),
@@ -43,7 +43,7 @@ async fn login_page_and_its_states() {
     }
     let unknown_state = app.get("/auth/login?state=0").send().await;
     unknown_state.assert_html();
-    assert!(!unknown_state.text().contains("class=\"message\""));
+    assert!(!unknown_state.text().contains("<h4"));
     app.stop().await.unwrap();
 }
 
@@ -210,7 +210,11 @@ async fn token_when_already_logged_in() {
         .send()
         .await;
     response.assert_redirect("/auth/home");
-    assert!(response.session_cookie().is_none(), "no second session");
+    assert_eq!(
+        response.session_cookie().as_deref(),
+        Some(token.as_str()),
+        "no second session: the live one's cookie, refreshed"
+    );
     app.stop().await.unwrap();
 }
 
@@ -229,6 +233,10 @@ async fn home_page_for_a_logged_in_user() {
     let text = page.text();
     for needle in [
         "Be Hai Doe",
+        "<h1 class=\"h3 mb-3 fw-normal\">Home</h1>",
+        "id=\"meBtn\"",
+        "id=\"meForm\"",
+        "id=\"logoutForm\"",
         ">My Info</button>",
         ">My Info as JSON</button>",
         r#"fetch("/admin/me""#,
@@ -382,7 +390,7 @@ async fn logout_html_revokes_and_clears_the_cookie() {
     assert!(
         cleared
             .iter()
-            .any(|c| c.starts_with("app_session=;") && c.contains("Max-Age=0")),
+            .any(|c| c.starts_with("session=;") && c.contains("Max-Age=0")),
         "{cleared:?}"
     );
     // The revoked session is gone for every route.
@@ -448,7 +456,7 @@ async fn logout_json_revokes_the_bearer_token() {
 #[tokio::test]
 async fn unknown_path_is_404_and_wrong_method_is_405_with_allow() {
     let app = app().await;
-    for path in ["/nope", "/api/me/", "/auth"] {
+    for path in ["/nope", "/api/me//", "/auth", "/nope/"] {
         app.get(path).send().await.assert_detail(404, "Not Found");
     }
     for (request, allow) in [
@@ -489,5 +497,87 @@ async fn the_app_never_emits_cors_headers() {
             response.headers
         );
     }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn trailing_slash_forms_redirect_with_307_keeping_the_query() {
+    let app = app().await;
+    for (request, location) in [
+        (app.get("/auth/login/"), "/auth/login"),
+        (app.get("/auth/login/?state=2"), "/auth/login?state=2"),
+        (app.get("/api/me/"), "/api/me"),
+        (app.get("/admin/me/?a=1&b=%2F"), "/admin/me?a=1&b=%2F"),
+        (app.post("/auth/token/"), "/auth/token"),
+        (app.post("/api/logout/"), "/api/logout"),
+    ] {
+        let response = request.send().await;
+        assert_eq!(
+            response.status,
+            StatusCode::TEMPORARY_REDIRECT,
+            "{location}"
+        );
+        assert_eq!(response.location(), Some(location));
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn multipart_login_bodies_work_like_urlencoded_ones() {
+    let app = app().await;
+    let body = format!(
+        "--XyZ\r\nContent-Disposition: form-data; name=\"username\"\r\n\r\n{DEMO_USER}\r\n\
+         --XyZ\r\nContent-Disposition: form-data; name=\"password\"\r\n\r\n{DEMO_PASSWORD}\r\n--XyZ--\r\n"
+    );
+    let response = app
+        .post("/api/login")
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(body.clone())
+        .send()
+        .await;
+    assert_eq!(response.status, StatusCode::OK, "{}", response.text());
+    let token = response.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.get("/api/me").bearer(&token).send().await.status,
+        StatusCode::OK
+    );
+    let wrong = body.replace(&format!("\r\n\r\n{DEMO_PASSWORD}\r\n"), "\r\n\r\nnope\r\n");
+    app.post("/api/login")
+        .header("content-type", "multipart/form-data; boundary=XyZ")
+        .body(wrong)
+        .send()
+        .await
+        .assert_detail(400, "Incorrect username or password");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_live_session_gets_its_cookie_again_on_every_response() {
+    let app = app().await;
+    let cookie = html_login(&app).await;
+    for request in [
+        app.get("/auth/home").cookie(&cookie),
+        app.get("/admin/me").cookie(&cookie),
+        app.get("/api/me").cookie(&cookie),
+        app.get("/auth/login").cookie(&cookie),
+        app.post("/api/login").cookie(&cookie).form(LOGIN_FORM),
+    ] {
+        let response = request.send().await;
+        assert_eq!(response.session_cookie().as_deref(), Some(cookie.as_str()));
+        assert!(
+            response.set_cookies()[0].contains("HttpOnly; SameSite=Lax; Path=/; Max-Age=1800"),
+            "{:?}",
+            response.set_cookies()
+        );
+    }
+    // No session, no cookie.
+    assert!(app
+        .get("/auth/home")
+        .cookie("stale")
+        .send()
+        .await
+        .set_cookies()
+        .is_empty());
+    assert!(app.get("/auth/login").send().await.set_cookies().is_empty());
     app.stop().await.unwrap();
 }

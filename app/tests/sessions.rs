@@ -111,7 +111,7 @@ async fn cookie_flags_with_and_without_https_proxy() {
     assert_eq!(
         plain.set_cookies(),
         [format!(
-            "app_session={token}; HttpOnly; SameSite=Lax; Path=/"
+            "session={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age=1800"
         )]
     );
     for (name, value) in [
@@ -128,7 +128,7 @@ async fn cookie_flags_with_and_without_https_proxy() {
         assert_eq!(
             response.set_cookies(),
             [format!(
-                "app_session={token}; HttpOnly; SameSite=Lax; Path=/; Secure"
+                "session={token}; HttpOnly; SameSite=Lax; Path=/; Max-Age=1800; Secure"
             )],
             "{name}: {value}"
         );
@@ -178,7 +178,10 @@ async fn user_data_is_escaped_in_html() {
     assert_eq!(home.matches("<script>").count(), 1, "{home}");
     assert!(!home.contains("<b>"));
     let me = app.get("/admin/me").cookie(&cookie).send().await.text();
-    assert!(me.contains("<dd>&lt;script&gt;</dd>"), "{me}");
+    assert!(
+        me.contains("<div class=\"col-3\">&lt;script&gt;</div>"),
+        "{me}"
+    );
     assert!(!me.contains("<script>") && !me.contains("<b>"), "{me}");
     // JSON carries the raw value.
     let json = app.get("/api/me").cookie(&cookie).send().await.json();

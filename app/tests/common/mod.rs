@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod process;
+pub mod redis_server;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -117,7 +120,7 @@ impl RequestBuilder {
     }
 
     pub fn cookie(self, token: &str) -> Self {
-        self.header("cookie", &format!("app_session={token}"))
+        self.header("cookie", &format!("session={token}"))
     }
 
     pub fn json_format(self) -> Self {
@@ -200,7 +203,7 @@ impl TestResponse {
     /// The session token set by this response, if any.
     pub fn session_cookie(&self) -> Option<String> {
         self.set_cookies().iter().find_map(|c| {
-            let value = c.strip_prefix("app_session=")?.split(';').next()?;
+            let value = c.strip_prefix("session=")?.split(';').next()?;
             (!value.is_empty()).then(|| value.to_owned())
         })
     }
@@ -224,4 +227,14 @@ impl TestResponse {
             Some("text/html; charset=utf-8")
         );
     }
+}
+
+/// A fresh, empty folder for one test's files; removed by the test when done.
+pub fn temp_dir(test: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("app-test-{}-{test}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
