@@ -244,8 +244,9 @@ pub struct ServeArgs {
     /// default: one per CPU core.
     #[arg(long, env = "APP_HASH_WORKERS", value_parser = parse_positive_usize, value_name = "N")]
     pub hash_workers: Option<usize>,
-    /// Log format (filter with RUST_LOG, default `info`).
-    #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    /// Log format: text or json (filter with RUST_LOG, default `info`).
+    // The values are named in the help line, so `--help` keeps the one-line layout the proxy's has.
+    #[arg(long, env = "APP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, hide_possible_values = true)]
     pub log_format: LogFormat,
 }
 

@@ -111,8 +111,8 @@ fn serve(args: &ServeArgs) -> ExitCode {
     })
 }
 
+/// Reports a start-up failure once, on stderr (where the proxy reports its own), and exits 64.
 fn startup_error(error: &dyn std::fmt::Display) -> ExitCode {
-    tracing::error!(%error, "start-up failed");
     eprintln!("app: {error}");
     ExitCode::from(EX_USAGE)
 }

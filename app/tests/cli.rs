@@ -160,3 +160,27 @@ fn healthcheck_reports_a_live_app_healthy_and_a_dead_one_unhealthy() {
     assert_eq!(unhealthy.status.code(), Some(1), "{unhealthy:?}");
     assert!(String::from_utf8_lossy(&unhealthy.stderr).contains("unhealthy"));
 }
+
+#[test]
+fn a_start_up_error_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(APP)
+        .args(["--listen", &addr])
+        .env_remove("APP_USERS_FILE")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let all = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert_eq!(all.matches("cannot bind").count(), 1, "{all}");
+}
+
+/// `--help` has the one-line-per-setting layout of `-h`, as the proxy's has.
+#[test]
+fn help_has_the_proxys_layout() {
+    let help = |flag: &str| Command::new(APP).arg(flag).output().unwrap().stdout;
+    assert_eq!(help("--help"), help("-h"));
+}

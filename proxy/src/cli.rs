@@ -68,7 +68,8 @@ pub const DEFAULT_CERT_OUT_DIR: &str = "cert";
     name = "proxy",
     version,
     about = "TLS-terminating reverse proxy with a CORS policy engine.",
-    args_override_self = true
+    args_override_self = true,
+    propagate_version = true
 )]
 pub struct Cli {
     /// A helper command; without one, the proxy runs.

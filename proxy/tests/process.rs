@@ -461,3 +461,20 @@ async fn access_log_lines_carry_the_connection_and_round_durations() {
         }
     }
 }
+
+#[test]
+fn help_and_version_work_everywhere() {
+    let dir = common::TempDir::new("help");
+    let help = |flag: &str| run_to_exit(dir.path(), &[flag], &[]);
+    // One layout for `-h` and `--help`, like the app's.
+    assert_eq!(help("--help"), help("-h"));
+    for args in [
+        &["--version"][..],
+        &["cert", "--version"],
+        &["healthcheck", "--version"],
+    ] {
+        let (code, out) = run_to_exit(dir.path(), args, &[]);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        assert!(out.contains(env!("CARGO_PKG_VERSION")), "{args:?}: {out}");
+    }
+}
