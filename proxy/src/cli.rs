@@ -120,6 +120,10 @@ pub struct ProxyArgs {
     /// [default: cert/key.pem with cert/cert.pem, else the development key]
     #[arg(long, env = "TLS_KEY_FILE", value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
+    /// File whose first line is the password of an encrypted private key (PKCS#8 `ENCRYPTED
+    /// PRIVATE KEY`); read again at each reload
+    #[arg(long, env = "TLS_KEY_PASSWORD_FILE", value_name = "PATH")]
+    pub tls_key_password_file: Option<PathBuf>,
     /// Directory for the proxy's own files: the local CA that issues development certificates,
     /// and the development certificate itself [default: $XDG_DATA_HOME/proxy, else
     /// ~/.local/share/proxy]

@@ -299,6 +299,8 @@ pub struct FixedSettings {
     pub listen: SocketAddr,
     /// The certificate files, when configured (`None`: see [`crate::build`]).
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// The file holding the key's password, for an encrypted key.
+    pub tls_key_password_file: Option<PathBuf>,
     /// Where the local CA and the development certificate are kept, when set.
     pub data_dir: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -337,6 +339,13 @@ impl Settings {
 impl FixedSettings {
     fn from_args(args: &ProxyArgs) -> Result<FixedSettings, ConfigError> {
         let listen = parse_addr("PROXY_LISTEN", &args.listen)?;
+        if let (Some(password_file), None) = (&args.tls_key_password_file, &args.tls_key) {
+            return Err(invalid(
+                "TLS_KEY_PASSWORD_FILE",
+                &password_file.display().to_string(),
+                "it is the password of TLS_KEY_FILE, which is not set: set that too, or remove this",
+            ));
+        }
         let tls_files = match (&args.tls_cert, &args.tls_key) {
             (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
             (None, None) => None,
@@ -487,6 +496,7 @@ impl FixedSettings {
         Ok(FixedSettings {
             listen,
             tls_files,
+            tls_key_password_file: args.tls_key_password_file.clone(),
             data_dir: args.data_dir.clone(),
             log_format,
             hsts,
@@ -580,6 +590,11 @@ mod tests {
     fn invalid_settings_name_the_setting() {
         let cases: &[(&[&str], &str)] = &[
             (&["--listen", "localhost"], "PROXY_LISTEN"),
+            (
+                &["--tls-key-password-file", "/run/secrets/pw"],
+                "TLS_KEY_PASSWORD_FILE",
+            ),
+            (&["--tls-cert", "c.pem"], "TLS_KEY_FILE"),
             (&["--upstream", "https://app:8000"], "PROXY_UPSTREAM"),
             (&["--upstream", "http://app:8000/api"], "PROXY_UPSTREAM"),
             (&["--upstream", "app:8000"], "PROXY_UPSTREAM"),

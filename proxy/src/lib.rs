@@ -89,8 +89,12 @@ pub struct DevelopmentCert {
 pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
     let (settings, warnings) = Settings::from_args(&cli.proxy, &cli.cors)?;
     let (cert_path, key_path, development) = certificate_files(&settings.fixed)?;
-    let certs =
-        CertStore::load(&cert_path, &key_path).map_err(|e| StartError::Tls(e.to_string()))?;
+    let certs = CertStore::load_with_password(
+        &cert_path,
+        &key_path,
+        settings.fixed.tls_key_password_file.clone(),
+    )
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     let reload_certs = certs.clone();
     let proxy = Proxy::new(settings, tls::server_config(certs.clone())).with_cert_reloader(
         Box::new(move || {

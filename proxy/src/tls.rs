@@ -72,10 +72,36 @@ pub enum TlsError {
     )]
     BadCertificate { path: PathBuf, detail: String },
     #[error(
-        "{path} holds no private key (PEM `PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`; \
-         encrypted keys are not supported): point --tls-key at the unencrypted key"
+        "{path} holds no private key (PEM `PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`, `RSA PRIVATE KEY` \
+         or `EC PRIVATE KEY`): point --tls-key at the key"
     )]
     NoKey { path: PathBuf },
+    #[error(
+        "{path} is a legacy encrypted PEM key (`Proc-Type: 4,ENCRYPTED`), which the proxy does not \
+         read: convert it to encrypted PKCS#8 with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in {path} \
+         -out key.pem` and give the password with --tls-key-password-file (or write it unencrypted \
+         with `openssl pkey -in {path} -out key.pem`)"
+    )]
+    LegacyEncryptedKey { path: PathBuf },
+    #[error(
+        "{path} is an encrypted private key: give its password with --tls-key-password-file \
+         (TLS_KEY_PASSWORD_FILE), a file whose first line is the password"
+    )]
+    KeyNeedsPassword { path: PathBuf },
+    #[error("cannot read the key password file {path}: {source}")]
+    KeyPasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot decrypt {path} with the password in {password_file} ({detail}): check the \
+         password; PBES2 keys (PBKDF2 or scrypt, AES-CBC) are supported"
+    )]
+    KeyDecrypt {
+        path: PathBuf,
+        password_file: PathBuf,
+        detail: String,
+    },
     #[error(
         "the private key in {path} is not usable ({detail}): use an ECDSA P-256/P-384, Ed25519 \
          or RSA (2048 bits or more) key"
@@ -168,6 +194,8 @@ struct Loaded {
 pub struct CertStore {
     cert_path: PathBuf,
     key_path: PathBuf,
+    /// The file holding the key's password, for an encrypted key; read again at each reload.
+    key_password_file: Option<PathBuf>,
     provider: Arc<CryptoProvider>,
     current: ArcSwap<Loaded>,
     /// Where reloads and the served certificate's expiry are reported, once set.
@@ -190,13 +218,29 @@ impl CertStore {
         cert_path: impl Into<PathBuf>,
         key_path: impl Into<PathBuf>,
     ) -> Result<Arc<CertStore>, TlsError> {
+        CertStore::load_with_password(cert_path, key_path, None)
+    }
+
+    /// [`CertStore::load`] for a key that may be encrypted (PKCS#8 `ENCRYPTED PRIVATE KEY`), its
+    /// password the first line of `key_password_file`.
+    pub fn load_with_password(
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+        key_password_file: Option<PathBuf>,
+    ) -> Result<Arc<CertStore>, TlsError> {
         let cert_path = cert_path.into();
         let key_path = key_path.into();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let loaded = load_pair(&cert_path, &key_path, &provider)?;
+        let loaded = load_pair(
+            &cert_path,
+            &key_path,
+            key_password_file.as_deref(),
+            &provider,
+        )?;
         Ok(Arc::new(CertStore {
             cert_path,
             key_path,
+            key_password_file,
             provider,
             current: ArcSwap::from_pointee(loaded),
             metrics: OnceLock::new(),
@@ -213,7 +257,12 @@ impl CertStore {
     /// Loads the files again and, only if the new pair is complete and consistent, serves it to new
     /// handshakes. On error the pair in use is unchanged. Does not log (see [`Self::reload_logged`]).
     pub fn reload(&self) -> Result<CertInfo, TlsError> {
-        let loaded = load_pair(&self.cert_path, &self.key_path, &self.provider)?;
+        let loaded = load_pair(
+            &self.cert_path,
+            &self.key_path,
+            self.key_password_file.as_deref(),
+            &self.provider,
+        )?;
         let info = loaded.info.clone();
         self.current.store(Arc::new(loaded));
         Ok(info)
@@ -363,13 +412,14 @@ pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
 fn load_pair(
     cert_path: &Path,
     key_path: &Path,
+    key_password_file: Option<&Path>,
     provider: &CryptoProvider,
 ) -> Result<Loaded, TlsError> {
     // Taken before reading: a write during the read leaves a newer state for the watcher to see.
     let fingerprint = fingerprint(cert_path, key_path);
     let chain = read_chain(cert_path)?;
     let info = describe(cert_path, &chain)?;
-    let key = read_key(key_path)?;
+    let key = read_key(key_path, key_password_file)?;
     let signing_key =
         provider
             .key_provider
@@ -433,14 +483,60 @@ fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(chain)
 }
 
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+/// The PEM label of an encrypted PKCS#8 key (RFC 5958 §3).
+const ENCRYPTED_KEY_LABEL: &str = "ENCRYPTED PRIVATE KEY";
+
+fn read_key(path: &Path, password_file: Option<&Path>) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_file(path, |path| TlsError::KeyMissing { path })?;
+    // The old OpenSSL format encrypts inside the PEM with its own headers; it cannot be read
+    // as any of the key formats, so name it rather than report a base64 error.
+    if pem
+        .windows(b"Proc-Type: 4,ENCRYPTED".len())
+        .any(|w| w == b"Proc-Type: 4,ENCRYPTED")
+    {
+        return Err(TlsError::LegacyEncryptedKey {
+            path: path.to_owned(),
+        });
+    }
+    if let Ok((ENCRYPTED_KEY_LABEL, der)) = pkcs8::der::pem::decode_vec(&pem) {
+        return decrypt_key(path, &der, password_file);
+    }
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_owned(),
         },
         e => bad_pem(path, e),
     })
+}
+
+/// Decrypts an encrypted PKCS#8 key with the password on the first line of `password_file`.
+fn decrypt_key(
+    path: &Path,
+    der: &[u8],
+    password_file: Option<&Path>,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let Some(password_file) = password_file else {
+        return Err(TlsError::KeyNeedsPassword {
+            path: path.to_owned(),
+        });
+    };
+    let text =
+        std::fs::read_to_string(password_file).map_err(|source| TlsError::KeyPasswordFile {
+            path: password_file.to_owned(),
+            source,
+        })?;
+    let password = text.lines().next().unwrap_or_default();
+    let decrypt_error = |detail: String| TlsError::KeyDecrypt {
+        path: path.to_owned(),
+        password_file: password_file.to_owned(),
+        detail,
+    };
+    let encrypted =
+        pkcs8::EncryptedPrivateKeyInfo::try_from(der).map_err(|e| decrypt_error(e.to_string()))?;
+    let document = encrypted
+        .decrypt(password)
+        .map_err(|e| decrypt_error(e.to_string()))?;
+    Ok(PrivateKeyDer::Pkcs8(document.as_bytes().to_vec().into()))
 }
 
 /// Parses the server certificate (the chain's first) for the logs.

@@ -271,6 +271,73 @@ fn key_file_problems_are_named() {
     }
 }
 
+/// `key_pem` (PKCS#8) encrypted with `password` as `openssl pkcs8 -topk8 -v2 aes-256-cbc` does.
+fn encrypt_pkcs8(key_pem: &str, password: &str) -> String {
+    use pkcs8::der::pem::LineEnding;
+    let (_, der) = pkcs8::der::pem::decode_vec(key_pem.as_bytes()).unwrap();
+    let params =
+        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(2048, b"test salt", &[7; 16])
+            .unwrap();
+    let encrypted = pkcs8::PrivateKeyInfo::try_from(der.as_slice())
+        .unwrap()
+        .encrypt_with_params(params, password)
+        .unwrap();
+    encrypted
+        .to_pem("ENCRYPTED PRIVATE KEY", LineEnding::LF)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_encrypted_pkcs8_key_loads_with_its_password_file() {
+    let dir = TempDir::new("tls");
+    let ca = TestCa::new();
+    let leaf = ca.leaf();
+    let (cert, _) = write_pair(&dir, &ca, &leaf);
+    let key = dir.write("encrypted.key", encrypt_pkcs8(&leaf.key_pem, "s3cret pass"));
+    let password = dir.write("password", "s3cret pass\n");
+    let wrong = dir.write("wrong", "guess\n");
+
+    let store = CertStore::load_with_password(&cert, &key, Some(password)).unwrap();
+    let addr = serve(store).await;
+    connect(addr, ca.client_config())
+        .await
+        .expect("served with the decrypted key");
+
+    let err = CertStore::load(&cert, &key).unwrap_err();
+    assert!(matches!(err, TlsError::KeyNeedsPassword { .. }), "{err:?}");
+    assert!(err.to_string().contains("--tls-key-password-file"), "{err}");
+    let err = CertStore::load_with_password(&cert, &key, Some(wrong.clone())).unwrap_err();
+    assert!(matches!(err, TlsError::KeyDecrypt { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&wrong.display().to_string()),
+        "{err}"
+    );
+    let missing = dir.join("no-such-password");
+    let err = CertStore::load_with_password(&cert, &key, Some(missing)).unwrap_err();
+    assert!(matches!(err, TlsError::KeyPasswordFile { .. }), "{err:?}");
+}
+
+#[test]
+fn a_legacy_encrypted_key_is_named_with_the_conversion_command() {
+    let dir = TempDir::new("tls");
+    let ca = TestCa::new();
+    let cert = dir.write("cert.pem", ca.leaf().cert_pem);
+    // OpenSSL's traditional format: encryption headers inside the PEM block.
+    let legacy = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+                  DEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\n\
+                  c29tZSBlbmNyeXB0ZWQgYnl0ZXM=\n-----END EC PRIVATE KEY-----\n";
+    let key = dir.write("legacy.key", legacy);
+    let err = CertStore::load(&cert, &key).unwrap_err();
+    assert!(
+        matches!(err, TlsError::LegacyEncryptedKey { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("openssl pkcs8 -topk8"), "{message}");
+    assert!(message.contains("legacy.key"), "{message}");
+}
+
 #[test]
 fn mismatch_names_both_files() {
     let dir = TempDir::new("tls");
