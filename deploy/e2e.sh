@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/e2e.sh: the end-to-end test of the compose deploy, with real containers (issue 5).
+# deploy/e2e.sh: the end-to-end test of the compose deploy, with real containers.
 #
 # From a clean checkout: builds the static binaries and the images, starts the stack, and checks over
 # HTTPS on the published port everything a user relies on: the login flow in JSON and HTML, CORS

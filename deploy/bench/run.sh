@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for the TLS terminator benchmark (issue 6): installs the peers and load generators
+# One command for the TLS terminator benchmark: installs the peers and load generators
 # from Debian packages, builds the proxy (--release), then runs bench.py, which starts everything on
 # 127.0.0.1 only and writes deploy/bench/RESULTS.md.
 #
