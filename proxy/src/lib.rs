@@ -20,10 +20,12 @@
 //!    line is written when the body ends.
 //!
 //! # Around the request path
-//! [`cli`] reads flags, environment and `.env`; [`config`] validates them into settings;
-//! [`build`] assembles a proxy from them (used by the binary and by the tests); [`signal`] turns
-//! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
-//! subcommands (`proxy cert`, `proxy healthcheck`). [`metrics`] holds the counters every step
+//! [`cli`] reads flags, environment and `.env` ([`envfile`] reads the file and spots misspelt
+//! keys); [`config`] validates them into settings; [`build`] assembles a proxy from them (used by
+//! the binary and by the tests), serving the configured certificate or, with none, a development
+//! certificate from the local CA ([`cmd::localca`]); [`signal`] turns SIGTERM/SIGINT into the
+//! graceful drain and SIGHUP into a reload; [`cmd`] holds the helper subcommands (`proxy cert`,
+//! `proxy healthcheck`, `proxy admin-get`). [`metrics`] holds the counters every step
 //! above adds to, which the optional admin listener ([`server::admin`]) serves with liveness and
 //! readiness.
 //!

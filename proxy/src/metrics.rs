@@ -1,6 +1,6 @@
 //! The proxy's metrics: plain atomic counters owned by [`Metrics`] (one per proxy),
 //! counted on the request path, and encoded in the Prometheus/OpenMetrics text format by
-//! `prometheus-client` only when `/metrics` is scraped ([`encode`]).
+//! `prometheus-client` only when `/metrics` is scraped (`encode`).
 //!
 //! Every label set is known in advance (protocol, method class, status class, causes), so each
 //! one has its counter in an array indexed by an enum: counting is one relaxed atomic add, with no
