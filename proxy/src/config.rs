@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
+use crate::acme::AcmeSettings;
 use crate::cli::{parse_duration, ProxyArgs, DURATION_FORMS};
 use crate::cors::{CorsArgs, Policy};
 use crate::error::ConfigError;
@@ -299,6 +300,8 @@ pub struct FixedSettings {
     pub listen: SocketAddr,
     /// The certificate files, when configured (`None`: see [`crate::build`]).
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Certificates from an ACME CA instead of files, when set.
+    pub acme: Option<AcmeSettings>,
     /// Where the local CA and the development certificate are kept, when set.
     pub data_dir: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -392,6 +395,11 @@ impl FixedSettings {
                  (--redirect-http) is not set: set that too, or remove this",
             ));
         }
+        let acme = AcmeSettings::from_proxy_args(
+            &args.acme,
+            tls_files.is_some(),
+            redirect_http.is_some(),
+        )?;
         let admin_listen = args
             .admin_listen
             .as_deref()
@@ -487,6 +495,7 @@ impl FixedSettings {
         Ok(FixedSettings {
             listen,
             tls_files,
+            acme,
             data_dir: args.data_dir.clone(),
             log_format,
             hsts,
