@@ -7,7 +7,6 @@
 #[path = "acme/pebble.rs"]
 mod pebble;
 
-#[allow(dead_code)]
 mod common;
 
 use std::collections::HashMap;

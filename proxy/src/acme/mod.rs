@@ -23,7 +23,7 @@ use std::time::SystemTime;
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
-pub use settings::{AcmeArgs, AcmeSettings, Challenge};
+pub use settings::{AcmeSettings, Challenge};
 
 use crate::error::DevCertError;
 use crate::tls::{CertStore, TlsError};

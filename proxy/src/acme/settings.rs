@@ -1,12 +1,13 @@
-//! The ACME settings: their clap definitions and their validation into [`AcmeSettings`]. Pure
-//! functions of the parsed arguments; where the files live by default depends on the data
-//! directory, which [`crate::build`] resolves.
+//! The ACME settings validated into [`AcmeSettings`]: pure functions of the parsed arguments
+//! ([`AcmeArgs`], defined with the other flags in [`crate::cli`]); where the files live by
+//! default depends on the data directory, which [`crate::build`] resolves.
 
 use std::path::PathBuf;
 
 use http::uri::Scheme;
 use http::Uri;
 
+use crate::cli::AcmeArgs;
 use crate::error::ConfigError;
 
 /// Let's Encrypt's production directory, the default CA.
@@ -17,36 +18,6 @@ pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt
 pub const DEFAULT_CHALLENGE: &str = "tls-alpn-01";
 /// The ACME directory's name inside the data directory.
 pub const DATA_SUBDIR: &str = "acme";
-
-/// Settings for certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct AcmeArgs {
-    /// Get the certificate from an ACME CA (Let's Encrypt by default) for these comma-separated
-    /// DNS names, which must point at this host; renewed in the background. Excludes --tls-cert.
-    #[arg(long = "acme-domain", env = "PROXY_ACME_DOMAINS", value_name = "NAMES")]
-    pub acme_domains: Option<String>,
-    /// The ACME CA's directory URL [default: Let's Encrypt production,
-    /// https://acme-v02.api.letsencrypt.org/directory; staging:
-    /// https://acme-staging-v02.api.letsencrypt.org/directory]
-    #[arg(long, env = "PROXY_ACME_DIRECTORY", value_name = "URL")]
-    pub acme_directory: Option<String>,
-    /// Contact e-mail for the ACME account (expiry and policy notices from the CA).
-    #[arg(long, env = "PROXY_ACME_EMAIL", value_name = "ADDRESS")]
-    pub acme_email: Option<String>,
-    /// Where the ACME account key and certificates are kept (mode 0700, files 0600)
-    /// [default: <data dir>/acme]
-    #[arg(long, env = "PROXY_ACME_DIR", value_name = "DIR")]
-    pub acme_dir: Option<PathBuf>,
-    /// How the CA checks the names are ours: tls-alpn-01 (on the HTTPS port) or http-01 (on the
-    /// --redirect-http listener, which must then be set and reachable on port 80)
-    /// [default: tls-alpn-01]
-    #[arg(long, env = "PROXY_ACME_CHALLENGE", value_name = "TYPE")]
-    pub acme_challenge: Option<String>,
-    /// PEM file of the root(s) to trust for the ACME directory's HTTPS, for a private ACME
-    /// server (instead of the system's roots).
-    #[arg(long, env = "PROXY_ACME_CA_ROOT", value_name = "PATH")]
-    pub acme_ca_root: Option<PathBuf>,
-}
 
 /// How the CA validates control of the names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
