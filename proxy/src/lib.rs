@@ -100,7 +100,7 @@ pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
                 None => localca::process_data_dir(settings.fixed.data_dir.as_deref())?
                     .join(acme::settings::DATA_SUBDIR),
             };
-            let (acme, certs) = Acme::prepare(acme_settings.clone(), base)
+            let (acme, certs) = Acme::prepare(acme_settings.clone(), &base)
                 .map_err(|e| StartError::Tls(e.to_string()))?;
             (certs, None, Some(acme))
         }

@@ -16,7 +16,7 @@ mod renew;
 pub mod settings;
 pub mod store;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -103,14 +103,13 @@ pub struct Acme {
 }
 
 impl Acme {
-    /// Makes the storage directory (`base` when `PROXY_ACME_DIR` is unset: `<data dir>/acme`)
-    /// and the certificate store, serving the stored pair when there is a usable one.
+    /// Makes the storage directory under `dir` (`PROXY_ACME_DIR`, else `<data dir>/acme`) and the
+    /// certificate store, serving the stored pair when there is a usable one.
     pub fn prepare(
         settings: AcmeSettings,
-        base: PathBuf,
+        dir: &Path,
     ) -> Result<(Arc<Acme>, Arc<CertStore>), AcmeError> {
-        let base = settings.dir.clone().unwrap_or(base);
-        let files = AcmeFiles::new(&base, &settings.directory);
+        let files = AcmeFiles::new(dir, &settings.directory);
         files.create()?;
         let certs = CertStore::awaiting(
             files.cert_path(),
