@@ -20,9 +20,9 @@ use common::{collect, get, TempDir, TestUpstream};
 use http::StatusCode;
 use proxy::acme::{Acme, AcmeStatus};
 use proxy::tls::CertStore;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -116,60 +116,18 @@ impl AcmeProxy {
     }
 }
 
-/// Accepts any server certificate: the tests compare the one shown with the stored one.
-#[derive(Debug)]
-struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A TLS connection to `addr` for [`DOMAIN`] offering `alpn`.
-async fn handshake(addr: SocketAddr, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
-    let provider = common::provider();
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
+/// A TLS connection to `addr` for [`DOMAIN`] offering `alpn`, trusting only `root`.
+async fn handshake(
+    addr: SocketAddr,
+    root: &CertificateDer<'static>,
+    alpn: &[u8],
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut config = ClientConfig::builder_with_provider(common::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(addr).await?;
@@ -178,9 +136,9 @@ async fn handshake(addr: SocketAddr, alpn: &[u8]) -> std::io::Result<TlsStream<T
         .await
 }
 
-/// The certificate a new HTTP handshake is shown.
-async fn served(addr: SocketAddr) -> CertificateDer<'static> {
-    let tls = handshake(addr, b"http/1.1").await.expect("handshake");
+/// The certificate a new HTTP handshake is shown (and verified, chaining to `root`).
+async fn served(addr: SocketAddr, root: &CertificateDer<'static>) -> CertificateDer<'static> {
+    let tls = handshake(addr, root, b"http/1.1").await.expect("handshake");
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
 }
 
@@ -210,11 +168,12 @@ async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
-/// Issues a first certificate over TLS-ALPN-01 and returns the running proxy.
+/// Issues a first certificate over TLS-ALPN-01; returns the running proxy and the root its
+/// certificates chain to.
 async fn issued_over_tls_alpn(
     dir: &TempDir,
     upstream: &TestUpstream,
-) -> Option<(Pebble, AcmeProxy)> {
+) -> Option<(Pebble, AcmeProxy, CertificateDer<'static>)> {
     let listener = bind().await;
     let pebble = pebble_for(dir, &listener, None)?;
     let proxy = AcmeProxy::start(
@@ -229,17 +188,18 @@ async fn issued_over_tls_alpn(
     proxy
         .wait_for("first issuance over TLS-ALPN-01", |s| s.issued == 1)
         .await;
-    Some((pebble, proxy))
+    let root = pebble.issuing_root().await;
+    Some((pebble, proxy, root))
 }
 
 #[tokio::test]
 async fn first_issuance_over_tls_alpn_01() {
     let dir = TempDir::new("acme-alpn");
     let upstream = TestUpstream::start().await;
-    let Some((_pebble, proxy)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some((_pebble, proxy, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
         return;
     };
-    let cert = served(proxy.addr).await;
+    let cert = served(proxy.addr, &root).await;
     assert_eq!(cert, stored(&proxy.store));
     assert!(
         sans(&cert).iter().any(|s| s.contains(DOMAIN)),
@@ -267,7 +227,7 @@ async fn first_issuance_over_tls_alpn_01() {
     }
 
     // Served over HTTP as usual.
-    let tls = handshake(proxy.addr, b"http/1.1").await.unwrap();
+    let tls = handshake(proxy.addr, &root, b"http/1.1").await.unwrap();
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
         .unwrap();
@@ -297,7 +257,8 @@ async fn first_issuance_over_http_01() {
     proxy
         .wait_for("first issuance over HTTP-01", |s| s.issued == 1)
         .await;
-    let cert = served(proxy.addr).await;
+    let root = pebble.issuing_root().await;
+    let cert = served(proxy.addr, &root).await;
     assert_eq!(cert, stored(&proxy.store));
     assert!(sans(&cert).iter().any(|s| s.contains(DOMAIN)));
     proxy.shutdown().await;
@@ -307,7 +268,7 @@ async fn first_issuance_over_http_01() {
 async fn a_restart_reuses_the_stored_certificate() {
     let dir = TempDir::new("acme-restart");
     let upstream = TestUpstream::start().await;
-    let Some((pebble, first)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some((pebble, first, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
         return;
     };
     let issued = stored(&first.store);
@@ -325,7 +286,7 @@ async fn a_restart_reuses_the_stored_certificate() {
     )
     .await;
     // Served from the first handshake on: no order was needed.
-    assert_eq!(served(again.addr).await, issued);
+    assert_eq!(served(again.addr, &root).await, issued);
     assert_eq!(*again.acme.status().borrow(), AcmeStatus::default());
     assert_eq!(
         std::fs::metadata(&cert_file).unwrap().modified().unwrap(),
@@ -338,11 +299,11 @@ async fn a_restart_reuses_the_stored_certificate() {
 async fn a_forced_renewal_is_swapped_in_under_an_open_connection() {
     let dir = TempDir::new("acme-renew");
     let upstream = TestUpstream::start().await;
-    let Some((_pebble, proxy)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some((_pebble, proxy, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
         return;
     };
     let old = stored(&proxy.store);
-    let tls = handshake(proxy.addr, b"http/1.1").await.unwrap();
+    let tls = handshake(proxy.addr, &root, b"http/1.1").await.unwrap();
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], old);
     let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
         .await
@@ -361,7 +322,7 @@ async fn a_forced_renewal_is_swapped_in_under_an_open_connection() {
     // The open connection keeps working; a new handshake sees the new certificate.
     let (status, _, _) = collect(send.send_request(get("/again")).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(served(proxy.addr).await, new);
+    assert_eq!(served(proxy.addr, &root).await, new);
     proxy.shutdown().await;
 }
 
@@ -369,7 +330,7 @@ async fn a_forced_renewal_is_swapped_in_under_an_open_connection() {
 async fn an_unreachable_ca_leaves_the_current_certificate_serving() {
     let dir = TempDir::new("acme-unreachable");
     let upstream = TestUpstream::start().await;
-    let Some((mut pebble, proxy)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some((mut pebble, proxy, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
         return;
     };
     let current = stored(&proxy.store);
@@ -378,7 +339,7 @@ async fn an_unreachable_ca_leaves_the_current_certificate_serving() {
     let status = proxy.wait_for("a failed renewal", |s| s.failed >= 1).await;
     assert_eq!(status.issued, 1);
     assert!(status.last_error.is_some());
-    assert_eq!(served(proxy.addr).await, current);
+    assert_eq!(served(proxy.addr, &root).await, current);
     proxy.shutdown().await;
 }
 
@@ -407,8 +368,9 @@ async fn without_a_certificate_handshakes_fail_cleanly() {
         "{status:?}"
     );
     assert!(proxy.store.info().is_none());
-    assert!(handshake(proxy.addr, b"http/1.1").await.is_err());
-    assert!(handshake(proxy.addr, b"acme-tls/1").await.is_err());
+    let root = CertificateDer::from_pem_slice(rcgen_root_pem().as_bytes()).unwrap();
+    assert!(handshake(proxy.addr, &root, b"http/1.1").await.is_err());
+    assert!(handshake(proxy.addr, &root, b"acme-tls/1").await.is_err());
     proxy.shutdown().await;
 }
 

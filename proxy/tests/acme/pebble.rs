@@ -5,7 +5,14 @@
 use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, PKCS_ECDSA_P256_SHA256};
 
@@ -22,6 +29,8 @@ pub struct Pebble {
     pub directory: String,
     /// The root pebble's HTTPS certificate chains to (PEM file).
     pub https_root: PathBuf,
+    /// The management interface, which hands out the root that issued certificates chain to.
+    management: SocketAddr,
 }
 
 fn binary(name: &str) -> Option<PathBuf> {
@@ -163,7 +172,44 @@ impl Pebble {
             dns,
             directory: format!("https://127.0.0.1:{port}/dir"),
             https_root,
+            management: SocketAddr::from(([127, 0, 0, 1], management)),
         })
+    }
+
+    /// The root the certificates pebble issues chain to (made anew at each start), fetched from
+    /// its management interface over HTTPS.
+    pub async fn issuing_root(&self) -> CertificateDer<'static> {
+        let pem = std::fs::read(&self.https_root).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(&pem).unwrap())
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tcp = tokio::net::TcpStream::connect(self.management)
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+            .await
+            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let request = http::Request::get("/roots/0")
+            .header("host", self.management.to_string())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = send.send_request(request).await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        CertificateDer::from_pem_slice(&body).unwrap()
     }
 
     /// Stops pebble: its port is closed from now on (the DNS server keeps running).
