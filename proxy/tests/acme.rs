@@ -22,7 +22,6 @@ use proxy::acme::{Acme, AcmeStatus};
 use proxy::tls::CertStore;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -92,6 +91,19 @@ impl AcmeProxy {
         }
     }
 
+    /// [`Self::start`] against `pebble`, keeping the files in `dir`'s `acme`.
+    async fn start_with(
+        pebble: &Pebble,
+        dir: &TempDir,
+        listener: TcpListener,
+        redirect: Option<TcpListener>,
+        upstream: &TestUpstream,
+    ) -> AcmeProxy {
+        let files = dir.join("acme");
+        let (directory, root) = (&pebble.directory, &pebble.https_root);
+        AcmeProxy::start(directory, root, &files, listener, redirect, upstream.addr).await
+    }
+
     /// Waits until the task's status satisfies `done`.
     async fn wait_for(&self, what: &str, done: impl Fn(&AcmeStatus) -> bool) -> AcmeStatus {
         let mut status = self.acme.status();
@@ -122,13 +134,7 @@ async fn handshake(
     root: &CertificateDer<'static>,
     alpn: &[u8],
 ) -> std::io::Result<TlsStream<TcpStream>> {
-    let mut roots = RootCertStore::empty();
-    roots.add(root.clone()).unwrap();
-    let mut config = ClientConfig::builder_with_provider(common::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config = pebble::trusting(root.clone());
     config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(addr).await?;
     TlsConnector::from(Arc::new(config))
@@ -168,37 +174,56 @@ async fn bind() -> TcpListener {
     TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
-/// Issues a first certificate over TLS-ALPN-01; returns the running proxy and the root its
-/// certificates chain to.
-async fn issued_over_tls_alpn(
-    dir: &TempDir,
-    upstream: &TestUpstream,
-) -> Option<(Pebble, AcmeProxy, CertificateDer<'static>)> {
+/// A proxy that has had its first certificate issued over TLS-ALPN-01, with what it runs with.
+struct Issued {
+    dir: TempDir,
+    upstream: TestUpstream,
+    pebble: Pebble,
+    proxy: AcmeProxy,
+    /// The root the issued certificates chain to.
+    root: CertificateDer<'static>,
+}
+
+/// Starts pebble and a proxy in `name`'s temporary directory, and waits for the first
+/// certificate; `None` when pebble is missing (skipped).
+async fn issued_over_tls_alpn(name: &str) -> Option<Issued> {
+    let dir = TempDir::new(name);
+    let upstream = TestUpstream::start().await;
     let listener = bind().await;
-    let pebble = pebble_for(dir, &listener, None)?;
-    let proxy = AcmeProxy::start(
-        &pebble.directory,
-        &pebble.https_root,
-        &dir.join("acme"),
-        listener,
-        None,
-        upstream.addr,
-    )
-    .await;
+    let pebble = pebble_for(&dir, &listener, None)?;
+    let proxy = AcmeProxy::start_with(&pebble, &dir, listener, None, &upstream).await;
     proxy
         .wait_for("first issuance over TLS-ALPN-01", |s| s.issued == 1)
         .await;
     let root = pebble.issuing_root().await;
-    Some((pebble, proxy, root))
+    Some(Issued {
+        dir,
+        upstream,
+        pebble,
+        proxy,
+        root,
+    })
+}
+
+/// An HTTP/1.1 connection over `tls`, checked with a first request.
+async fn http1_ok(
+    tls: TlsStream<TcpStream>,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let (status, _, _) = collect(send.send_request(get("/")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    send
 }
 
 #[tokio::test]
 async fn first_issuance_over_tls_alpn_01() {
-    let dir = TempDir::new("acme-alpn");
-    let upstream = TestUpstream::start().await;
-    let Some((_pebble, proxy, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some(issued) = issued_over_tls_alpn("acme-alpn").await else {
         return;
     };
+    let (proxy, root) = (issued.proxy, &issued.root);
     let cert = served(proxy.addr, &root).await;
     assert_eq!(cert, stored(&proxy.store));
     assert!(
@@ -227,13 +252,7 @@ async fn first_issuance_over_tls_alpn_01() {
     }
 
     // Served over HTTP as usual.
-    let tls = handshake(proxy.addr, &root, b"http/1.1").await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let (status, _, _) = collect(send.send_request(get("/")).await.unwrap()).await;
-    assert_eq!(status, StatusCode::OK);
+    http1_ok(handshake(proxy.addr, &root, b"http/1.1").await.unwrap()).await;
     proxy.shutdown().await;
 }
 
@@ -245,15 +264,7 @@ async fn first_issuance_over_http_01() {
     let Some(pebble) = pebble_for(&dir, &listener, Some(&redirect)) else {
         return;
     };
-    let proxy = AcmeProxy::start(
-        &pebble.directory,
-        &pebble.https_root,
-        &dir.join("acme"),
-        listener,
-        Some(redirect),
-        upstream.addr,
-    )
-    .await;
+    let proxy = AcmeProxy::start_with(&pebble, &dir, listener, Some(redirect), &upstream).await;
     proxy
         .wait_for("first issuance over HTTP-01", |s| s.issued == 1)
         .await;
@@ -266,9 +277,14 @@ async fn first_issuance_over_http_01() {
 
 #[tokio::test]
 async fn a_restart_reuses_the_stored_certificate() {
-    let dir = TempDir::new("acme-restart");
-    let upstream = TestUpstream::start().await;
-    let Some((pebble, first, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some(Issued {
+        dir,
+        upstream,
+        pebble,
+        proxy: first,
+        root,
+    }) = issued_over_tls_alpn("acme-restart").await
+    else {
         return;
     };
     let issued = stored(&first.store);
@@ -276,15 +292,7 @@ async fn a_restart_reuses_the_stored_certificate() {
     let written = std::fs::metadata(&cert_file).unwrap().modified().unwrap();
     first.shutdown().await;
 
-    let again = AcmeProxy::start(
-        &pebble.directory,
-        &pebble.https_root,
-        &dir.join("acme"),
-        bind().await,
-        None,
-        upstream.addr,
-    )
-    .await;
+    let again = AcmeProxy::start_with(&pebble, &dir, bind().await, None, &upstream).await;
     // Served from the first handshake on: no order was needed.
     assert_eq!(served(again.addr, &root).await, issued);
     assert_eq!(*again.acme.status().borrow(), AcmeStatus::default());
@@ -297,20 +305,14 @@ async fn a_restart_reuses_the_stored_certificate() {
 
 #[tokio::test]
 async fn a_forced_renewal_is_swapped_in_under_an_open_connection() {
-    let dir = TempDir::new("acme-renew");
-    let upstream = TestUpstream::start().await;
-    let Some((_pebble, proxy, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some(issued) = issued_over_tls_alpn("acme-renew").await else {
         return;
     };
+    let (proxy, root) = (issued.proxy, &issued.root);
     let old = stored(&proxy.store);
     let tls = handshake(proxy.addr, &root, b"http/1.1").await.unwrap();
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], old);
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let (status, _, _) = collect(send.send_request(get("/")).await.unwrap()).await;
-    assert_eq!(status, StatusCode::OK);
+    let mut send = http1_ok(tls).await;
 
     proxy.acme.renew_now();
     proxy
@@ -328,13 +330,12 @@ async fn a_forced_renewal_is_swapped_in_under_an_open_connection() {
 
 #[tokio::test]
 async fn an_unreachable_ca_leaves_the_current_certificate_serving() {
-    let dir = TempDir::new("acme-unreachable");
-    let upstream = TestUpstream::start().await;
-    let Some((mut pebble, proxy, root)) = issued_over_tls_alpn(&dir, &upstream).await else {
+    let Some(mut issued) = issued_over_tls_alpn("acme-unreachable").await else {
         return;
     };
+    issued.pebble.stop();
+    let (proxy, root) = (issued.proxy, &issued.root);
     let current = stored(&proxy.store);
-    pebble.stop();
     proxy.acme.renew_now();
     let status = proxy.wait_for("a failed renewal", |s| s.failed >= 1).await;
     assert_eq!(status.issued, 1);

@@ -33,6 +33,19 @@ pub struct Pebble {
     management: SocketAddr,
 }
 
+/// A TLS client config that trusts `root` only.
+pub fn trusting(root: CertificateDer<'static>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).unwrap();
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
+}
+
 fn binary(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -180,17 +193,7 @@ impl Pebble {
     /// its management interface over HTTPS.
     pub async fn issuing_root(&self) -> CertificateDer<'static> {
         let pem = std::fs::read(&self.https_root).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(&pem).unwrap())
-            .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config = trusting(CertificateDer::from_pem_slice(&pem).unwrap());
         let tcp = tokio::net::TcpStream::connect(self.management)
             .await
             .unwrap();
