@@ -224,7 +224,7 @@ async fn first_issuance_over_tls_alpn_01() {
         return;
     };
     let (proxy, root) = (issued.proxy, &issued.root);
-    let cert = served(proxy.addr, &root).await;
+    let cert = served(proxy.addr, root).await;
     assert_eq!(cert, stored(&proxy.store));
     assert!(
         sans(&cert).iter().any(|s| s.contains(DOMAIN)),
@@ -252,7 +252,7 @@ async fn first_issuance_over_tls_alpn_01() {
     }
 
     // Served over HTTP as usual.
-    http1_ok(handshake(proxy.addr, &root, b"http/1.1").await.unwrap()).await;
+    http1_ok(handshake(proxy.addr, root, b"http/1.1").await.unwrap()).await;
     proxy.shutdown().await;
 }
 
@@ -310,7 +310,7 @@ async fn a_forced_renewal_is_swapped_in_under_an_open_connection() {
     };
     let (proxy, root) = (issued.proxy, &issued.root);
     let old = stored(&proxy.store);
-    let tls = handshake(proxy.addr, &root, b"http/1.1").await.unwrap();
+    let tls = handshake(proxy.addr, root, b"http/1.1").await.unwrap();
     assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], old);
     let mut send = http1_ok(tls).await;
 
@@ -324,7 +324,7 @@ async fn a_forced_renewal_is_swapped_in_under_an_open_connection() {
     // The open connection keeps working; a new handshake sees the new certificate.
     let (status, _, _) = collect(send.send_request(get("/again")).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(served(proxy.addr, &root).await, new);
+    assert_eq!(served(proxy.addr, root).await, new);
     proxy.shutdown().await;
 }
 
@@ -340,7 +340,7 @@ async fn an_unreachable_ca_leaves_the_current_certificate_serving() {
     let status = proxy.wait_for("a failed renewal", |s| s.failed >= 1).await;
     assert_eq!(status.issued, 1);
     assert!(status.last_error.is_some());
-    assert_eq!(served(proxy.addr, &root).await, current);
+    assert_eq!(served(proxy.addr, root).await, current);
     proxy.shutdown().await;
 }
 
