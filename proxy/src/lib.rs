@@ -114,6 +114,10 @@ pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
     let reload_certs = certs.clone();
     let proxy = Proxy::new(settings, tls::server_config(certs.clone())).with_cert_reloader(
         Box::new(move || {
+            // An ACME store with no certificate yet has no files to load; its task fills it.
+            if reload_certs.info().is_none() {
+                return Ok(());
+            }
             reload_certs
                 .reload_logged("reload")
                 .map(|_| ())

@@ -67,17 +67,18 @@ impl AcmeSettings {
     /// setting given without domains (it would silently do nothing).
     pub fn from_args(args: &AcmeArgs) -> Result<Option<AcmeSettings>, ConfigError> {
         let Some(domains) = args.acme_domains.as_deref() else {
+            let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
             let stray = [
-                ("PROXY_ACME_DIRECTORY", args.acme_directory.is_some()),
-                ("PROXY_ACME_EMAIL", args.acme_email.is_some()),
-                ("PROXY_ACME_DIR", args.acme_dir.is_some()),
-                ("PROXY_ACME_CHALLENGE", args.acme_challenge.is_some()),
-                ("PROXY_ACME_CA_ROOT", args.acme_ca_root.is_some()),
+                ("PROXY_ACME_DIRECTORY", args.acme_directory.clone()),
+                ("PROXY_ACME_EMAIL", args.acme_email.clone()),
+                ("PROXY_ACME_DIR", path(&args.acme_dir)),
+                ("PROXY_ACME_CHALLENGE", args.acme_challenge.clone()),
+                ("PROXY_ACME_CA_ROOT", path(&args.acme_ca_root)),
             ];
-            if let Some((setting, _)) = stray.iter().find(|(_, set)| *set) {
+            if let Some((setting, Some(value))) = stray.iter().find(|(_, v)| v.is_some()) {
                 return Err(invalid(
                     setting,
-                    "(set)",
+                    value,
                     "ACME settings need PROXY_ACME_DOMAINS (--acme-domain): set the domain names, \
                      or remove this setting",
                 ));
@@ -128,14 +129,16 @@ impl AcmeSettings {
             return Err(invalid(
                 "PROXY_ACME_DOMAINS",
                 &domains,
-                "the certificate comes either from ACME or from TLS_CERT_FILE/TLS_KEY_FILE                  (--tls-cert/--tls-key): remove one of the two",
+                "the certificate comes either from ACME or from TLS_CERT_FILE/TLS_KEY_FILE \
+                 (--tls-cert/--tls-key): remove one of the two",
             ));
         }
         if settings.challenge == Challenge::Http01 && !redirect_http {
             return Err(invalid(
                 "PROXY_ACME_CHALLENGE",
                 "http-01",
-                "HTTP-01 is answered on the plain-HTTP listener: set PROXY_REDIRECT_HTTP                  (--redirect-http, e.g. 0.0.0.0:80), or use tls-alpn-01",
+                "HTTP-01 is answered on the plain-HTTP listener: set PROXY_REDIRECT_HTTP \
+                 (--redirect-http, e.g. 0.0.0.0:80), or use tls-alpn-01",
             ));
         }
         Ok(Some(settings))
