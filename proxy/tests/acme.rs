@@ -264,6 +264,7 @@ async fn first_issuance_over_http_01() {
     let Some(pebble) = pebble_for(&dir, &listener, Some(&redirect)) else {
         return;
     };
+    let plain = redirect.local_addr().unwrap();
     let proxy = AcmeProxy::start_with(&pebble, &dir, listener, Some(redirect), &upstream).await;
     proxy
         .wait_for("first issuance over HTTP-01", |s| s.issued == 1)
@@ -272,6 +273,21 @@ async fn first_issuance_over_http_01() {
     let cert = served(proxy.addr, &root).await;
     assert_eq!(cert, stored(&proxy.store));
     assert!(sans(&cert).iter().any(|s| s.contains(DOMAIN)));
+
+    // With no order pending, the plain-HTTP listener redirects as before, challenge paths too.
+    let mut client = common::plain_h1(plain).await;
+    for path in ["/", "/.well-known/acme-challenge/old-token"] {
+        let request = http::Request::get(path)
+            .header("host", DOMAIN)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let (status, headers, _) = collect(client.send_request(request).await.unwrap()).await;
+        assert_eq!(status, StatusCode::PERMANENT_REDIRECT, "{path}");
+        assert!(headers["location"]
+            .to_str()
+            .unwrap()
+            .starts_with("https://"));
+    }
     proxy.shutdown().await;
 }
 
