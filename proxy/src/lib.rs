@@ -24,9 +24,9 @@
 //! [`build`] assembles a proxy from them (used by the binary and by the tests); [`signal`] turns
 //! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
 //! subcommands (`proxy cert`, `proxy healthcheck`); [`acme`] obtains and renews the certificate
-//! from an ACME CA when domains are configured, and answers the CA's challenges. [`metrics`] holds the counters every step
-//! above adds to, which the optional admin listener ([`server::admin`]) serves with liveness and
-//! readiness.
+//! from an ACME CA when domains are configured, and answers the CA's challenges. [`metrics`]
+//! holds the counters every step above adds to, which the optional admin listener
+//! ([`server::admin`]) serves with liveness and readiness.
 //!
 //! # Conventions
 //! No `unwrap` or `expect` is reachable from a request. A poisoned lock is used as it is
