@@ -191,6 +191,38 @@ pub struct ProxyArgs {
     /// Maximum number of request header fields.
     #[arg(long, env = "PROXY_MAX_HEADERS", value_name = "N", default_value_t = DEFAULT_MAX_HEADERS)]
     pub max_headers: usize,
+    #[command(flatten)]
+    pub acme: AcmeArgs,
+}
+
+/// Settings for certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AcmeArgs {
+    /// Get the certificate from an ACME CA (Let's Encrypt by default) for these comma-separated
+    /// DNS names, which must point at this host; renewed in the background. Excludes --tls-cert.
+    #[arg(long = "acme-domain", env = "PROXY_ACME_DOMAINS", value_name = "NAMES")]
+    pub acme_domains: Option<String>,
+    /// The ACME CA's directory URL [default: Let's Encrypt production,
+    /// https://acme-v02.api.letsencrypt.org/directory; staging:
+    /// https://acme-staging-v02.api.letsencrypt.org/directory]
+    #[arg(long, env = "PROXY_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// Contact e-mail for the ACME account (expiry and policy notices from the CA).
+    #[arg(long, env = "PROXY_ACME_EMAIL", value_name = "ADDRESS")]
+    pub acme_email: Option<String>,
+    /// Where the ACME account key and certificates are kept (mode 0700, files 0600)
+    /// [default: <data dir>/acme]
+    #[arg(long, env = "PROXY_ACME_DIR", value_name = "DIR")]
+    pub acme_dir: Option<PathBuf>,
+    /// How the CA checks the names are ours: tls-alpn-01 (on the HTTPS port) or http-01 (on the
+    /// --redirect-http listener, which must then be set and reachable on port 80)
+    /// [default: tls-alpn-01]
+    #[arg(long, env = "PROXY_ACME_CHALLENGE", value_name = "TYPE")]
+    pub acme_challenge: Option<String>,
+    /// PEM file of the root(s) to trust for the ACME directory's HTTPS, for a private ACME
+    /// server (instead of the system's roots).
+    #[arg(long, env = "PROXY_ACME_CA_ROOT", value_name = "PATH")]
+    pub acme_ca_root: Option<PathBuf>,
 }
 
 /// Arguments of `proxy cert`.

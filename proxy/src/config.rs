@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 
+use crate::acme::AcmeSettings;
 use crate::cli::{parse_duration, ProxyArgs, DURATION_FORMS};
 use crate::cors::{CorsArgs, Policy};
 use crate::error::ConfigError;
@@ -301,6 +302,8 @@ pub struct FixedSettings {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// The file holding the key's password, for an encrypted key.
     pub tls_key_password_file: Option<PathBuf>,
+    /// Certificates from an ACME CA instead of files, when set.
+    pub acme: Option<AcmeSettings>,
     /// Where the local CA and the development certificate are kept, when set.
     pub data_dir: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -401,6 +404,11 @@ impl FixedSettings {
                  (--redirect-http) is not set: set that too, or remove this",
             ));
         }
+        let acme = AcmeSettings::from_proxy_args(
+            &args.acme,
+            tls_files.is_some(),
+            redirect_http.is_some(),
+        )?;
         let admin_listen = args
             .admin_listen
             .as_deref()
@@ -497,6 +505,7 @@ impl FixedSettings {
             listen,
             tls_files,
             tls_key_password_file: args.tls_key_password_file.clone(),
+            acme,
             data_dir: args.data_dir.clone(),
             log_format,
             hsts,

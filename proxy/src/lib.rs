@@ -23,11 +23,12 @@
 //! [`cli`] reads flags, environment and `.env` ([`envfile`] reads the file and spots misspelt
 //! keys); [`config`] validates them into settings; [`build`] assembles a proxy from them (used by
 //! the binary and by the tests), serving the configured certificate or, with none, a development
-//! certificate from the local CA ([`cmd::localca`]); [`signal`] turns SIGTERM/SIGINT into the
-//! graceful drain and SIGHUP into a reload; [`cmd`] holds the helper subcommands (`proxy cert`,
-//! `proxy healthcheck`, `proxy admin-get`). [`metrics`] holds the counters every step
-//! above adds to, which the optional admin listener ([`server::admin`]) serves with liveness and
-//! readiness.
+//! certificate from the local CA ([`cmd::localca`]); [`acme`] obtains and renews the certificate
+//! from an ACME CA when domains are configured, and answers the CA's challenges; [`signal`] turns
+//! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
+//! subcommands (`proxy cert`, `proxy healthcheck`, `proxy admin-get`). [`metrics`] holds the
+//! counters every step above adds to, which the optional admin listener ([`server::admin`])
+//! serves with liveness and readiness.
 //!
 //! # Conventions
 //! No `unwrap` or `expect` is reachable from a request. A poisoned lock is used as it is
@@ -35,6 +36,7 @@
 //! so a panic in another request cannot make it unusable, and one panicking request must not
 //! take the others down.
 
+pub mod acme;
 pub mod cli;
 pub mod cmd;
 pub mod config;
@@ -55,6 +57,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::acme::Acme;
 use crate::cli::Cli;
 use crate::cmd::{devcert, localca};
 use crate::config::{FixedSettings, Settings};
@@ -74,6 +77,8 @@ pub struct Assembled {
     pub admin: Option<TcpListener>,
     /// Set when no certificate is configured and the proxy serves its development certificate.
     pub development: Option<DevelopmentCert>,
+    /// Set when the certificate comes from an ACME CA ([`acme`]); its task starts in `serve`.
+    pub acme: Option<Arc<Acme>>,
 }
 
 /// The development certificate in use.
@@ -90,16 +95,35 @@ pub struct DevelopmentCert {
 /// port is bound.
 pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
     let (settings, warnings) = Settings::from_args(&cli.proxy, &cli.cors)?;
-    let (cert_path, key_path, development) = certificate_files(&settings.fixed)?;
-    let certs = CertStore::load_with_password(
-        &cert_path,
-        &key_path,
-        settings.fixed.tls_key_password_file.clone(),
-    )
-    .map_err(|e| StartError::Tls(e.to_string()))?;
+    let (certs, development, acme) = match &settings.fixed.acme {
+        Some(acme_settings) => {
+            let base = match &acme_settings.dir {
+                Some(dir) => dir.clone(),
+                None => localca::process_data_dir(settings.fixed.data_dir.as_deref())?
+                    .join(acme::settings::DATA_SUBDIR),
+            };
+            let (acme, certs) = Acme::prepare(acme_settings.clone(), &base)
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            (certs, None, Some(acme))
+        }
+        None => {
+            let (cert_path, key_path, development) = certificate_files(&settings.fixed)?;
+            let certs = CertStore::load_with_password(
+                &cert_path,
+                &key_path,
+                settings.fixed.tls_key_password_file.clone(),
+            )
+            .map_err(|e| StartError::Tls(e.to_string()))?;
+            (certs, development, None)
+        }
+    };
     let reload_certs = certs.clone();
     let proxy = Proxy::new(settings, tls::server_config(certs.clone())).with_cert_reloader(
         Box::new(move || {
+            // An ACME store with no certificate yet has no files to load; its task fills it.
+            if reload_certs.info().is_none() {
+                return Ok(());
+            }
             reload_certs
                 .reload_logged("reload")
                 .map(|_| ())
@@ -114,6 +138,7 @@ pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
         warnings,
         development,
         admin: None,
+        acme,
     })
 }
 
@@ -161,6 +186,7 @@ impl Assembled {
             warnings,
             development,
             admin,
+            acme,
         } = self;
         if let Some(dev) = &development {
             warn!(
@@ -185,8 +211,24 @@ impl Assembled {
             hsts = fixed.hsts.is_some(),
             "configuration"
         );
-        certs.info().log("startup");
+        if let Some(info) = certs.info() {
+            info.log("startup");
+        }
         certs.clone().watch(fixed.timeouts.cert_watch_interval);
+        // Started after the listener is bound (by the caller), so a TLS-ALPN-01 validation
+        // finds the port open; aborted when serving ends.
+        let acme_task = acme.as_ref().map(|acme| {
+            let settings = acme.settings();
+            info!(
+                domains = %settings.domains.join(","),
+                directory = %settings.directory,
+                challenge = settings.challenge.as_str(),
+                dir = %acme.files().dir().display(),
+                "acme certificates"
+            );
+            Arc::clone(acme).spawn(certs.clone())
+        });
+        let http01 = acme.as_ref().and_then(|acme| acme.http01());
 
         let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(redirect) = redirect {
@@ -201,6 +243,7 @@ impl Assembled {
                 redirect,
                 port,
                 fixed.timeouts.header_read,
+                http01,
                 async move {
                     let _ = redirect_stopped.await;
                 },
@@ -214,6 +257,9 @@ impl Assembled {
             }));
         }
         let result = server::run(listener, proxy, shutdown).await;
+        if let Some(task) = acme_task {
+            task.abort();
+        }
         let _ = stop_redirect.send(());
         let _ = stop_admin.send(());
         result

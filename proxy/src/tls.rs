@@ -4,7 +4,12 @@
 //! Every handshake asks [`CertStore`] (a rustls `ResolvesServerCert`) for the pair in use, which sits
 //! behind an `ArcSwap`: a reload loads and checks the new pair completely, then swaps one pointer, so
 //! a broken or half-written pair never replaces a good one and connections already open keep theirs.
+//!
+//! With ACME the store may start empty (handshakes fail until the first certificate is issued
+//! and loaded) and also answers the TLS-ALPN-01 challenge handshakes (RFC 8737) that the ACME
+//! task installs ([`CertStore::set_tls_alpn_challenge`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -12,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine as _;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
@@ -40,6 +45,10 @@ pub const TLS13_TICKETS_PER_HANDSHAKE: usize = 1;
 
 /// ALPN protocols offered to clients, in order of preference.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The ALPN protocol of ACME TLS-ALPN-01 validation handshakes (RFC 8737 §6.2). A connection that
+/// negotiated it is closed right after the handshake, never served.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// A certificate/key pair that cannot be used. Each message names the file and says how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +206,10 @@ pub struct CertStore {
     /// The file holding the key's password, for an encrypted key; read again at each reload.
     key_password_file: Option<PathBuf>,
     provider: Arc<CryptoProvider>,
-    current: ArcSwap<Loaded>,
+    /// `None` until a pair has loaded (an ACME certificate not yet issued).
+    current: ArcSwapOption<Loaded>,
+    /// TLS-ALPN-01 challenge certificates by server name; `None` when ACME's TLS-ALPN-01 is off.
+    tls_alpn_challenges: Option<ArcSwap<HashMap<String, Arc<CertifiedKey>>>>,
     /// Where reloads and the served certificate's expiry are reported, once set.
     metrics: OnceLock<Arc<Metrics>>,
 }
@@ -207,7 +219,7 @@ impl fmt::Debug for CertStore {
         f.debug_struct("CertStore")
             .field("cert_path", &self.cert_path)
             .field("key_path", &self.key_path)
-            .field("info", &self.current.load().info)
+            .field("info", &self.info())
             .finish_non_exhaustive()
     }
 }
@@ -242,15 +254,65 @@ impl CertStore {
             key_path,
             key_password_file,
             provider,
-            current: ArcSwap::from_pointee(loaded),
+            current: ArcSwapOption::from_pointee(loaded),
+            tls_alpn_challenges: None,
             metrics: OnceLock::new(),
         }))
+    }
+
+    /// A store for a pair that may not exist yet (ACME): serves nothing until [`Self::reload`]
+    /// succeeds. With `tls_alpn_01`, it also answers TLS-ALPN-01 challenge handshakes.
+    pub fn awaiting(
+        cert_path: impl Into<PathBuf>,
+        key_path: impl Into<PathBuf>,
+        tls_alpn_01: bool,
+    ) -> Arc<CertStore> {
+        Arc::new(CertStore {
+            cert_path: cert_path.into(),
+            key_path: key_path.into(),
+            // ACME keys are written unencrypted, 0600, by the proxy itself.
+            key_password_file: None,
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            current: ArcSwapOption::empty(),
+            tls_alpn_challenges: tls_alpn_01.then(ArcSwap::default),
+            metrics: OnceLock::new(),
+        })
+    }
+
+    /// Answers TLS-ALPN-01 handshakes for `name` with `key` from now on (ignored when the store
+    /// was not made for TLS-ALPN-01).
+    pub fn set_tls_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        if let Some(challenges) = &self.tls_alpn_challenges {
+            challenges.rcu(|map| {
+                let mut map = HashMap::clone(map);
+                map.insert(name.to_ascii_lowercase(), Arc::clone(&key));
+                map
+            });
+        }
+    }
+
+    /// Stops answering TLS-ALPN-01 handshakes for `name`.
+    pub fn clear_tls_alpn_challenge(&self, name: &str) {
+        if let Some(challenges) = &self.tls_alpn_challenges {
+            challenges.rcu(|map| {
+                let mut map = HashMap::clone(map);
+                map.remove(&name.to_ascii_lowercase());
+                map
+            });
+        }
+    }
+
+    /// The crypto provider handshakes use (also for signing keys made outside the store).
+    pub fn provider(&self) -> &Arc<CryptoProvider> {
+        &self.provider
     }
 
     /// Reports the certificate in use, and from now on every reload and its outcome, to
     /// `metrics` (a second call is ignored: one store serves one proxy).
     pub fn report_to(&self, metrics: Arc<Metrics>) {
-        metrics.certificate(self.info().not_after);
+        if let Some(info) = self.info() {
+            metrics.certificate(info.not_after);
+        }
         let _ = self.metrics.set(metrics);
     }
 
@@ -264,7 +326,7 @@ impl CertStore {
             &self.provider,
         )?;
         let info = loaded.info.clone();
-        self.current.store(Arc::new(loaded));
+        self.current.store(Some(Arc::new(loaded)));
         Ok(info)
     }
 
@@ -290,9 +352,18 @@ impl CertStore {
         result
     }
 
-    /// The certificate in use.
-    pub fn info(&self) -> CertInfo {
-        self.current.load().info.clone()
+    /// The certificate in use; `None` while there is none yet.
+    pub fn info(&self) -> Option<CertInfo> {
+        self.current
+            .load()
+            .as_ref()
+            .map(|loaded| loaded.info.clone())
+    }
+
+    /// The certificate in use (the chain's first), DER; `None` while there is none yet.
+    pub fn leaf_der(&self) -> Option<CertificateDer<'static>> {
+        let current = self.current.load();
+        current.as_ref()?.key.cert.first().cloned()
     }
 
     /// The certificate file's path.
@@ -314,9 +385,20 @@ impl CertStore {
 }
 
 impl ResolvesServerCert for CertStore {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        // One pair for every server name: the proxy fronts one site.
-        Some(Arc::clone(&self.current.load().key))
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A validation handshake offers `acme-tls/1` alone (RFC 8737 §3); it gets the challenge
+        // certificate for its server name, or no certificate (a failed handshake) when none is
+        // pending. Any other handshake never sees a challenge certificate.
+        if let Some(challenges) = &self.tls_alpn_challenges {
+            let mut offered = client_hello.alpn().into_iter().flatten();
+            if offered.next() == Some(ACME_TLS_ALPN) && offered.next().is_none() {
+                let name = client_hello.server_name()?.to_ascii_lowercase();
+                return challenges.load().get(&name).cloned();
+            }
+        }
+        // One pair for every server name: the proxy fronts one site. None until one has loaded.
+        let current = self.current.load();
+        current.as_ref().map(|loaded| Arc::clone(&loaded.key))
     }
 }
 
@@ -371,7 +453,13 @@ async fn watch_loop(store: Weak<CertStore>, interval: Duration) {
         // Two stat calls per interval on local files: cheap enough to make on the runtime thread.
         let seen = fingerprint(&store.cert_path, &store.key_path);
         // Compared with the pair in use, so a change already loaded by SIGHUP is not loaded again.
-        if seen == store.current.load().fingerprint || Some(seen) == failed {
+        // An empty store (no ACME certificate yet) counts as two missing files.
+        let in_use = store
+            .current
+            .load()
+            .as_ref()
+            .map_or((None, None), |loaded| loaded.fingerprint);
+        if seen == in_use || Some(seen) == failed {
             pending = None;
         } else if pending == Some(seen) {
             pending = None;
@@ -390,12 +478,18 @@ async fn watch_loop(store: Weak<CertStore>, interval: Duration) {
 /// No 0-RTT: early data can be replayed, and a proxy cannot know which requests are safe to replay.
 pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
     let provider = Arc::clone(&store.provider);
+    let tls_alpn_01 = store.tls_alpn_challenges.is_some();
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the aws-lc-rs default provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(store);
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
+    // Last, so a client offering HTTP as well never negotiates it; the resolver gives the
+    // challenge certificate only to handshakes offering it alone.
+    if tls_alpn_01 {
+        config.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     config.session_storage = ServerSessionMemoryCache::new(TLS12_SESSION_CACHE_ENTRIES);
     match rustls::crypto::aws_lc_rs::Ticketer::new() {
         Ok(ticketer) => config.ticketer = ticketer,

@@ -116,7 +116,7 @@ async fn dev_certificate_loads_and_clients_can_pin_or_trust_it() {
     assert_eq!(mode_of(&key), 0o600);
 
     let store = CertStore::load(&cert, &key).unwrap();
-    let info = store.info();
+    let info = store.info().expect("a loaded store has a certificate");
     assert_eq!(info.spki_sha256, dev.spki_sha256);
     assert_eq!(info.sans, ["localhost", "127.0.0.1", "::1", "app.test"]);
     let addr = serve(store).await;

@@ -34,6 +34,7 @@ async fn plain_http_listener_redirects_to_https() {
         listener,
         8443,
         std::time::Duration::from_secs(5),
+        None,
         async move {
             let _ = stopped.await;
         },

@@ -379,7 +379,7 @@ async fn chain_is_served_and_described() {
     let leaf = ca.leaf();
     let (cert, key) = write_pair(&dir, &ca, &leaf);
     let store = CertStore::load(&cert, &key).unwrap();
-    let info = store.info();
+    let info = store.info().expect("a loaded store has a certificate");
     assert_eq!(info.chain_len, 2);
     assert_eq!(info.subject, "CN=localhost");
     assert_eq!(info.sans, ["localhost"]);
@@ -478,7 +478,7 @@ async fn reload_serves_the_new_pair_to_new_handshakes() {
         info.spki_sha256,
         tls::spki_sha256_base64(&spki_of(&new.key_pem))
     );
-    assert_eq!(store.info(), info);
+    assert_eq!(store.info(), Some(info));
     // A fresh client, so the handshake is a full one that shows the certificate now in use.
     assert_eq!(
         connect(addr, ca.client_config()).await.unwrap().cert,

@@ -137,8 +137,11 @@ pub fn run(args: &CertArgs, data_dir: &Path) -> Result<(), DevCertError> {
 
 /// Whether the pair at these paths loads and stays valid for at least `margin`.
 fn valid_for(cert_path: &Path, key_path: &Path, margin: Duration) -> bool {
-    CertStore::load(cert_path, key_path)
-        .is_ok_and(|store| !store.info().expires_within(SystemTime::now(), margin))
+    CertStore::load(cert_path, key_path).is_ok_and(|store| {
+        store
+            .info()
+            .is_some_and(|info| !info.expires_within(SystemTime::now(), margin))
+    })
 }
 
 /// The certificate the proxy serves when none is configured: kept in `<data dir>/localhost/`,

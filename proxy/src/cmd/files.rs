@@ -1,6 +1,6 @@
-//! Writing the files `proxy cert` makes: each written whole under a temporary name and renamed
-//! into place (a proxy watching the files never reads half of one), keys created with mode 0600
-//! and their directories 0700, so there is no moment when a key is readable by others.
+//! Writing the files `proxy cert` and ACME make: each written whole under a temporary name and
+//! renamed into place (a proxy watching the files never reads half of one), keys created with mode
+//! 0600 and their directories 0700, so there is no moment when a key is readable by others.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write as _};
@@ -10,7 +10,7 @@ use std::path::Path;
 use super::devcert::DevCertError;
 
 /// Creates `dir` (and its parents) if missing; a directory it creates gets `mode`.
-pub(super) fn create_dir(dir: &Path, mode: u32) -> Result<(), DevCertError> {
+pub(crate) fn create_dir(dir: &Path, mode: u32) -> Result<(), DevCertError> {
     DirBuilder::new()
         .recursive(true)
         .mode(mode)
@@ -22,7 +22,7 @@ pub(super) fn create_dir(dir: &Path, mode: u32) -> Result<(), DevCertError> {
 }
 
 /// Writes `contents` to `path` with `mode`, atomically.
-pub(super) fn write_atomically(
+pub(crate) fn write_atomically(
     path: &Path,
     contents: &[u8],
     mode: u32,

@@ -3,6 +3,6 @@
 //! engine it explains.
 
 pub mod devcert;
-mod files;
+pub(crate) mod files;
 pub mod healthcheck;
 pub mod localca;

@@ -190,6 +190,11 @@ async fn serve_connection(
             return;
         }
     };
+    // An ACME TLS-ALPN-01 validation: the handshake itself was the answer (RFC 8737 §3).
+    if tls.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        debug!("acme tls-alpn-01 validation handshake answered; closing");
+        return;
+    }
     let (protocol, tls_version) = {
         let (_, session) = tls.get_ref();
         metrics.handshake(match session.protocol_version() {

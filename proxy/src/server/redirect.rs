@@ -1,9 +1,11 @@
 //! Plain HTTP: the optional plain-HTTP listener, where every request gets `308 Permanent Redirect`
 //! to the same host and path on https, and plain-HTTP requests that reach the HTTPS port, which
-//! get that redirect too when the listener is on, or else a 400 saying to use https.
+//! get that redirect too when the listener is on, or else a 400 saying to use https. With ACME's
+//! HTTP-01 the listener also answers the CA's `/.well-known/acme-challenge/` requests.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,13 +18,16 @@ use tokio::net::TcpListener;
 use tracing::{debug, error, info};
 
 use super::accept::accept;
+use crate::acme::challenge::Http01Tokens;
 
 /// Answers every plain-HTTP request with `308 Permanent Redirect` to the same host and path on
-/// https at `https_port`, until `shutdown` resolves.
+/// https at `https_port`, until `shutdown` resolves; with `http01`, the pending ACME HTTP-01
+/// challenges are answered instead (RFC 8555 §8.3).
 pub async fn serve_redirect(
     listener: TcpListener,
     https_port: u16,
     header_read_timeout: Duration,
+    http01: Option<Arc<Http01Tokens>>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     info!(addr = %listener.local_addr()?, https_port, "listening (http redirect)");
@@ -37,8 +42,14 @@ pub async fn serve_redirect(
             () = &mut shutdown => return Ok(()),
         };
         let _ = tcp.set_nodelay(true);
-        let service =
-            service_fn(move |req| async move { Ok::<_, Infallible>(redirect(&req, https_port)) });
+        let http01 = http01.clone();
+        let service = service_fn(move |req| {
+            let answer = http01
+                .as_ref()
+                .and_then(|tokens| tokens.respond(&req))
+                .unwrap_or_else(|| redirect(&req, https_port));
+            async move { Ok::<_, Infallible>(answer) }
+        });
         let connection = builder.serve_connection(TokioIo::new(tcp), service);
         tokio::spawn(async move {
             if let Err(e) = connection.await {
