@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing::{info, warn};
 
+use crate::client_auth::ClientAuthArgs;
 use crate::cors::{self, CorsArgs};
 use crate::envfile;
 use crate::error::ConfigError;
@@ -186,6 +187,8 @@ pub struct ProxyArgs {
     /// Maximum number of request header fields.
     #[arg(long, env = "PROXY_MAX_HEADERS", value_name = "N", default_value_t = DEFAULT_MAX_HEADERS)]
     pub max_headers: usize,
+    #[command(flatten)]
+    pub client_auth: ClientAuthArgs,
 }
 
 /// Arguments of `proxy cert`.

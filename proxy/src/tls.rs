@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use base64::Engine as _;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -273,9 +274,9 @@ impl ResolvesServerCert for CertStore {
 
 type PairFingerprint = (Option<FileFingerprint>, Option<FileFingerprint>);
 
-/// What identifies a version of a file without reading it.
+/// What identifies a version of a file without reading it (also the client CA file's watcher's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileFingerprint {
+pub(crate) struct FileFingerprint {
     len: u64,
     mtime: Option<SystemTime>,
     ctime: (i64, i64),
@@ -285,7 +286,7 @@ struct FileFingerprint {
 
 impl FileFingerprint {
     /// `None` while the file is missing (e.g. between the steps of a rotation).
-    fn of(path: &Path) -> Option<FileFingerprint> {
+    pub(crate) fn of(path: &Path) -> Option<FileFingerprint> {
         use std::os::unix::fs::MetadataExt as _;
         // Follows symlinks, so a swapped link target shows up as a new inode.
         let meta = std::fs::metadata(path).ok()?;
@@ -340,12 +341,24 @@ async fn watch_loop(store: Weak<CertStore>, interval: Duration) {
 /// both versions, and a server-side session-id cache for TLS 1.2 clients without ticket support.
 /// No 0-RTT: early data can be replayed, and a proxy cannot know which requests are safe to replay.
 pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+    server_config_verifying_clients(store, None)
+}
+
+/// [`server_config`], asking clients for a certificate that `clients` verifies, when given
+/// (mutual TLS: the `client_auth` module's verifier).
+pub fn server_config_verifying_clients(
+    store: Arc<CertStore>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+) -> Arc<ServerConfig> {
     let provider = Arc::clone(&store.provider);
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("the aws-lc-rs default provider supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+        .expect("the aws-lc-rs default provider supports TLS 1.2 and 1.3");
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     config.session_storage = ServerSessionMemoryCache::new(TLS12_SESSION_CACHE_ENTRIES);
     match rustls::crypto::aws_lc_rs::Ticketer::new() {
