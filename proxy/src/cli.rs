@@ -207,6 +207,15 @@ pub struct CertArgs {
     /// Do nothing (and succeed) when both files already exist; for scripts.
     #[arg(long, conflicts_with = "force")]
     pub if_missing: bool,
+    /// Instead of issuing a certificate, install the local CA (made first if missing) where
+    /// browsers and tools look: on Linux the system store (update-ca-certificates; needs root,
+    /// else it prints the sudo command) and the NSS databases of Chromium and Firefox (certutil,
+    /// from libnss3-tools); on macOS and Windows it prints the commands. Says what it changed.
+    #[arg(long, conflicts_with_all = ["untrust", "force", "if_missing", "names"])]
+    pub trust: bool,
+    /// Remove the local CA from where --trust installs it.
+    #[arg(long, conflicts_with_all = ["force", "if_missing", "names"])]
+    pub untrust: bool,
 }
 
 /// Arguments of `proxy healthcheck`.
