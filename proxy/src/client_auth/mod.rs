@@ -117,6 +117,34 @@ mod tests {
     }
 
     #[test]
+    fn settings_come_from_flags_and_environment() {
+        let argv: Vec<std::ffi::OsString> = [
+            "proxy",
+            "--env-file",
+            "/dev/null",
+            "--client-auth",
+            "optional",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        let env = [
+            ("PROXY_CLIENT_CA", "/etc/proxy/clients.pem"),
+            ("PROXY_CLIENT_ALLOW", "uri:spiffe://t/x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let cli = crate::cli::parse(&argv, &env).unwrap();
+        let settings = ClientAuthSettings::from_args(&cli.proxy.client_auth)
+            .unwrap()
+            .unwrap();
+        assert_eq!(settings.ca, PathBuf::from("/etc/proxy/clients.pem"));
+        assert_eq!(settings.mode, Mode::Optional);
+        assert_eq!(settings.allow.0, [Allowed::Uri("spiffe://t/x".into())]);
+    }
+
+    #[test]
     fn settings_validation() {
         assert_eq!(
             ClientAuthSettings::from_args(&args(None, None, None)).unwrap(),

@@ -578,45 +578,6 @@ mod tests {
     }
 
     #[test]
-    fn client_cert_header_is_always_the_proxys_own() {
-        let trusted = [Cidr::parse("10.0.0.0/8").unwrap()];
-        let verified = HeaderValue::from_static("Hash=ab;Subject=\"CN=real\"");
-        // (peer, its verified certificate's value, what the upstream gets)
-        let cases = [
-            (Peer::new("203.0.113.7".parse().unwrap(), &[]), None, vec![]),
-            (
-                Peer::new("10.1.1.1".parse().unwrap(), &trusted),
-                None,
-                vec![],
-            ),
-            (
-                Peer::new("203.0.113.7".parse().unwrap(), &[]),
-                Some(verified.clone()),
-                vec![verified.clone()],
-            ),
-            (
-                Peer::new("10.1.1.1".parse().unwrap(), &trusted),
-                Some(verified.clone()),
-                vec![verified.clone()],
-            ),
-        ];
-        for (peer, cert, want) in cases {
-            let peer = peer.with_client_cert(cert);
-            let mut map = headers(&[
-                ("x-forwarded-client-cert", "Hash=00;Subject=\"CN=admin\""),
-                ("X-Forwarded-Client-Cert", "By=spoof"),
-            ]);
-            set_forwarding_headers(&mut map, &peer, None, Version::HTTP_11);
-            let got: Vec<_> = map
-                .get_all("x-forwarded-client-cert")
-                .iter()
-                .cloned()
-                .collect();
-            assert_eq!(got, want, "{}", peer.ip);
-        }
-    }
-
-    #[test]
     fn ipv6_peer_is_quoted_in_forwarded() {
         let peer = Peer::new("2001:db8::1".parse().unwrap(), &[]);
         let mut map = HeaderMap::new();
