@@ -20,8 +20,10 @@ use rcgen::{
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 
+const BIN: &str = env!("CARGO_BIN_EXE_proxy");
 const SPIFFE_ID: &str = "spiffe://example.org/ns/prod/sa/billing";
 
 /// A CA that issues client certificates.
@@ -303,4 +305,80 @@ async fn the_client_ca_reloads_and_a_bad_file_keeps_the_old_one() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn the_binary_logs_a_refused_client_with_the_peer_and_the_reason() {
+    let pki = TestPki::new();
+    let dir = TempDir::new("client-ca-process");
+    let ca = ClientCa::new("client test CA");
+    let ca_path = ca.write(&dir, "client-ca.pem");
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--env-file", "/dev/null", "--listen", "127.0.0.1:0"])
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--client-allow",
+            "cn:billing",
+        ])
+        .arg("--tls-cert")
+        .arg(&pki.cert_path)
+        .arg("--tls-key")
+        .arg(&pki.key_path)
+        .arg("--client-ca")
+        .arg(&ca_path)
+        .env_clear()
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn proxy");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let listening = until(&mut lines, "listening (https)").await;
+    let addr: std::net::SocketAddr = listening["fields"]["addr"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the listening address");
+    let outsider = ca.issue("outsider", vec![], false);
+    let config = client_config(&pki, Some(&outsider));
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await;
+    // TLS 1.3: the client's handshake completes before the server has read its certificate; the
+    // refusal comes as an alert on the first read.
+    if let Ok(mut tls) = tls {
+        let mut buf = [0u8; 1];
+        let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await;
+    }
+    let refused = until(&mut lines, "client certificate refused").await;
+    assert_eq!(refused["fields"]["reason"], "not allowed", "{refused}");
+    let detail = refused["fields"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("cn:outsider"), "{refused}");
+    assert!(
+        refused["span"]["peer"]
+            .as_str()
+            .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+        "{refused}"
+    );
+    child.kill().await.expect("stop the proxy");
+}
+
+/// Reads JSON log lines until one whose message is `message`, and returns it.
+async fn until(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    message: &str,
+) -> serde_json::Value {
+    let wait = async {
+        while let Some(line) = lines.next_line().await.expect("read the log") {
+            let json: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if json["fields"]["message"] == message {
+                return json;
+            }
+        }
+        panic!("the proxy exited before logging {message:?}");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), wait)
+        .await
+        .expect(message)
 }
