@@ -48,6 +48,7 @@ pub mod server;
 pub mod signal;
 pub mod tls;
 pub mod upstream;
+mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use x509_parser::extensions::GeneralName;
 
 use crate::metrics::{Metrics, Reload};
+use crate::watch::{self, FileFingerprint, Watched};
 
 /// A certificate that expires within this window is logged as a warning at start-up and on reload.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
@@ -261,7 +262,7 @@ impl CertStore {
     /// inode, so an atomic rename or a Kubernetes symlink swap counts) and reloads once a change has
     /// settled. The task ends when the store is dropped. Needs a tokio runtime.
     pub fn watch(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(watch_loop(Arc::downgrade(&self), interval))
+        watch::spawn(&self, interval)
     }
 }
 
@@ -274,32 +275,6 @@ impl ResolvesServerCert for CertStore {
 
 type PairFingerprint = (Option<FileFingerprint>, Option<FileFingerprint>);
 
-/// What identifies a version of a file without reading it (also the client CA file's watcher's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileFingerprint {
-    len: u64,
-    mtime: Option<SystemTime>,
-    ctime: (i64, i64),
-    dev: u64,
-    ino: u64,
-}
-
-impl FileFingerprint {
-    /// `None` while the file is missing (e.g. between the steps of a rotation).
-    pub(crate) fn of(path: &Path) -> Option<FileFingerprint> {
-        use std::os::unix::fs::MetadataExt as _;
-        // Follows symlinks, so a swapped link target shows up as a new inode.
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileFingerprint {
-            len: meta.len(),
-            mtime: meta.modified().ok(),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-}
-
 fn fingerprint(cert_path: &Path, key_path: &Path) -> PairFingerprint {
     (
         FileFingerprint::of(cert_path),
@@ -307,30 +282,19 @@ fn fingerprint(cert_path: &Path, key_path: &Path) -> PairFingerprint {
     )
 }
 
-async fn watch_loop(store: Weak<CertStore>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; the files were just loaded.
-    ticker.tick().await;
-    // A change is applied once two polls in a row see the same state: the certificate and the key
-    // are usually written one after the other, and reloading between the two would log a spurious
-    // mismatch. A state that failed to load is not retried on every poll; a later write changes it.
-    let mut pending: Option<PairFingerprint> = None;
-    let mut failed: Option<PairFingerprint> = None;
-    loop {
-        ticker.tick().await;
-        let Some(store) = store.upgrade() else { return };
-        // Two stat calls per interval on local files: cheap enough to make on the runtime thread.
-        let seen = fingerprint(&store.cert_path, &store.key_path);
-        // Compared with the pair in use, so a change already loaded by SIGHUP is not loaded again.
-        if seen == store.current.load().fingerprint || Some(seen) == failed {
-            pending = None;
-        } else if pending == Some(seen) {
-            pending = None;
-            failed = store.reload_logged("file-change").err().map(|_| seen);
-        } else {
-            pending = Some(seen);
-        }
+impl Watched for CertStore {
+    type State = PairFingerprint;
+
+    fn seen(&self) -> PairFingerprint {
+        fingerprint(&self.cert_path, &self.key_path)
+    }
+
+    fn in_use(&self) -> PairFingerprint {
+        self.current.load().fingerprint
+    }
+
+    fn reload_changed(&self) -> bool {
+        self.reload_logged("file-change").is_ok()
     }
 }
 

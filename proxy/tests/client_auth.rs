@@ -307,6 +307,26 @@ async fn the_client_ca_reloads_and_a_bad_file_keeps_the_old_one() {
     );
 }
 
+/// On a paused clock, as the certificate watcher's test: the polls are virtual time.
+#[tokio::test(start_paused = true)]
+async fn a_new_client_ca_file_is_picked_up_by_the_watcher() {
+    let s = setup(&["--cert-watch-interval", "20ms"]).await;
+    let new_ca = ClientCa::new("rotated client CA");
+    let new_client = new_ca.issue("new", vec![], false);
+    new_ca.write(&s.dir, "client-ca.pem");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while get(&s.proxy, client_config(&s.pki, Some(&new_client)), None)
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new CA file was not picked up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_binary_logs_a_refused_client_with_the_peer_and_the_reason() {
     let pki = TestPki::new();

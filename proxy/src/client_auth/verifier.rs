@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -25,7 +25,7 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use tracing::{error, info, warn};
 
 use super::{ClientAuthSettings, Identity, Mode};
-use crate::tls::FileFingerprint;
+use crate::watch::{self, FileFingerprint, Watched};
 
 /// A CA file that cannot be used. Each message names the file and how to fix it.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +123,7 @@ impl ClientVerifier {
     /// settled (two polls seeing the same state, as for the server certificate). The task ends
     /// when the verifier is dropped. Needs a tokio runtime.
     pub fn watch(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(watch_loop(Arc::downgrade(&self), interval))
+        watch::spawn(&self, interval)
     }
 
     fn refuse(&self, reason: &'static str, detail: &str, error: rustls::Error) -> rustls::Error {
@@ -262,27 +262,18 @@ fn load_cas(
     })
 }
 
-async fn watch_loop(verifier: Weak<ClientVerifier>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; the file was just loaded.
-    ticker.tick().await;
-    // A state that failed to load is not retried on every poll; a later write changes it.
-    let mut pending: Option<Option<FileFingerprint>> = None;
-    let mut failed: Option<Option<FileFingerprint>> = None;
-    loop {
-        ticker.tick().await;
-        let Some(verifier) = verifier.upgrade() else {
-            return;
-        };
-        let seen = FileFingerprint::of(&verifier.settings.ca);
-        if seen == verifier.current.load().fingerprint || Some(seen) == failed {
-            pending = None;
-        } else if pending == Some(seen) {
-            pending = None;
-            failed = verifier.reload_logged("file-change").err().map(|_| seen);
-        } else {
-            pending = Some(seen);
-        }
+impl Watched for ClientVerifier {
+    type State = Option<FileFingerprint>;
+
+    fn seen(&self) -> Option<FileFingerprint> {
+        FileFingerprint::of(&self.settings.ca)
+    }
+
+    fn in_use(&self) -> Option<FileFingerprint> {
+        self.current.load().fingerprint
+    }
+
+    fn reload_changed(&self) -> bool {
+        self.reload_logged("file-change").is_ok()
     }
 }
