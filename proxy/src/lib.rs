@@ -25,9 +25,9 @@
 //! [`cli`] reads flags, environment and `.env`; [`config`] validates them into settings;
 //! [`build`] assembles a proxy from them (used by the binary and by the tests); [`signal`] turns
 //! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
-//! subcommands (`proxy cert`, `proxy cert --trust`, `proxy healthcheck`). [`metrics`] holds the counters every step
-//! above adds to, which the optional admin listener ([`server::admin`]) serves with liveness and
-//! readiness.
+//! subcommands (`proxy cert`, `proxy cert --trust`, `proxy healthcheck`). [`metrics`] holds the
+//! counters every step above adds to, which the optional admin listener ([`server::admin`]) serves
+//! with liveness and readiness.
 //!
 //! # Conventions
 //! No `unwrap` or `expect` is reachable from a request. A poisoned lock is used as it is

@@ -75,7 +75,14 @@ pub async fn run(
             accepted = accept(&listener, "https") => accepted,
             () = &mut shutdown => break,
         };
-        let span = info_span!("conn", %peer, tls = tracing::field::Empty, alpn = tracing::field::Empty, client = tracing::field::Empty);
+        // `client`: the verified client certificate's names, with mutual TLS on.
+        let span = info_span!(
+            "conn",
+            %peer,
+            tls = tracing::field::Empty,
+            alpn = tracing::field::Empty,
+            client = tracing::field::Empty
+        );
         let connection = serve_connection(
             tcp,
             peer,
