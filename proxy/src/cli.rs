@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use tracing::{info, warn};
 
+use crate::client_auth::ClientAuthArgs;
 use crate::cors::{self, CorsArgs};
 use crate::envfile;
 use crate::error::ConfigError;
@@ -192,6 +193,8 @@ pub struct ProxyArgs {
     #[arg(long, env = "PROXY_MAX_HEADERS", value_name = "N", default_value_t = DEFAULT_MAX_HEADERS)]
     pub max_headers: usize,
     #[command(flatten)]
+    pub client_auth: ClientAuthArgs,
+    #[command(flatten)]
     pub acme: AcmeArgs,
 }
 
@@ -241,6 +244,15 @@ pub struct CertArgs {
     /// Do nothing (and succeed) when both files already exist; for scripts.
     #[arg(long, conflicts_with = "force")]
     pub if_missing: bool,
+    /// Instead of issuing a certificate, install the local CA (made first if missing) where
+    /// browsers and tools look: on Linux the system store (update-ca-certificates; needs root,
+    /// else it prints the sudo command) and the NSS databases of Chromium and Firefox (certutil,
+    /// from libnss3-tools); on macOS and Windows it prints the commands. Says what it changed.
+    #[arg(long, conflicts_with_all = ["untrust", "force", "if_missing", "names"])]
+    pub trust: bool,
+    /// Remove the local CA from where --trust installs it.
+    #[arg(long, conflicts_with_all = ["force", "if_missing", "names"])]
+    pub untrust: bool,
 }
 
 /// Arguments of `proxy healthcheck`.

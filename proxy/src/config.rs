@@ -13,6 +13,7 @@ use http::{HeaderValue, Uri};
 
 use crate::acme::AcmeSettings;
 use crate::cli::{parse_duration, ProxyArgs, DURATION_FORMS};
+use crate::client_auth::ClientAuthSettings;
 use crate::cors::{CorsArgs, Policy};
 use crate::error::ConfigError;
 
@@ -317,6 +318,8 @@ pub struct FixedSettings {
     pub trusted_proxies: Vec<Cidr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Client-certificate verification (mutual TLS), when `PROXY_CLIENT_CA` is set.
+    pub client_auth: Option<ClientAuthSettings>,
 }
 
 impl Settings {
@@ -515,6 +518,7 @@ impl FixedSettings {
             trusted_proxies,
             timeouts,
             limits,
+            client_auth: ClientAuthSettings::from_args(&args.client_auth)?,
         })
     }
 }

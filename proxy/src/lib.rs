@@ -3,7 +3,8 @@
 //! # A request's way through the modules
 //! 1. [`server::run`] accepts a TCP connection (waiting for a slot under `PROXY_MAX_CONNECTIONS`),
 //!    completes the TLS handshake within the handshake timeout with the certificate the
-//!    [`tls::CertStore`] holds at that moment, and serves the protocol ALPN agreed on: HTTP/2 with
+//!    [`tls::CertStore`] holds at that moment (with `PROXY_CLIENT_CA`, verifying the client's
+//!    certificate too: [`client_auth`]), and serves the protocol ALPN agreed on: HTTP/2 with
 //!    hyper's connection, HTTP/1.1 (also without ALPN) with hyper's connection parked while idle.
 //!    One client connection's deadlines (header read, idle) are kept on one timer per connection.
 //! 2. Each request goes to the server's handler, which reads the reloadable settings (upstream and
@@ -11,7 +12,8 @@
 //! 3. [`cors::evaluate`] decides, with no I/O: answer now (preflight, refusal) or forward with
 //!    CORS headers to add to the response.
 //! 4. [`forward::forward`] prepares the head for the upstream ([`forward::headers`]: hop-by-hop
-//!    fields stripped, `X-Forwarded-*`, `Forwarded`, `Via` set) and sends it on a pooled upstream
+//!    fields stripped, `X-Forwarded-*`, `Forwarded`, `Via` set, and `X-Forwarded-Client-Cert`
+//!    replaced by the verified client certificate's) and sends it on a pooled upstream
 //!    connection ([`upstream`]), streaming the body, within the upstream response timeout; a stale
 //!    pooled connection is retried once for idempotent requests; an accepted upgrade becomes a
 //!    tunnel ([`forward::tunnel`]).
@@ -26,9 +28,9 @@
 //! certificate from the local CA ([`cmd::localca`]); [`acme`] obtains and renews the certificate
 //! from an ACME CA when domains are configured, and answers the CA's challenges; [`signal`] turns
 //! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
-//! subcommands (`proxy cert`, `proxy healthcheck`, `proxy admin-get`). [`metrics`] holds the
-//! counters every step above adds to, which the optional admin listener ([`server::admin`])
-//! serves with liveness and readiness.
+//! subcommands (`proxy cert`, `proxy cert --trust`, `proxy healthcheck`, `proxy admin-get`).
+//! [`metrics`] holds the counters every step above adds to, which the optional admin listener
+//! ([`server::admin`]) serves with liveness and readiness.
 //!
 //! # Conventions
 //! No `unwrap` or `expect` is reachable from a request. A poisoned lock is used as it is
@@ -38,6 +40,7 @@
 
 pub mod acme;
 pub mod cli;
+pub mod client_auth;
 pub mod cmd;
 pub mod config;
 pub mod cors;
@@ -49,16 +52,19 @@ pub mod server;
 pub mod signal;
 pub mod tls;
 pub mod upstream;
+mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls::server::danger::ClientCertVerifier;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::acme::Acme;
 use crate::cli::Cli;
+use crate::client_auth::ClientVerifier;
 use crate::cmd::{devcert, localca};
 use crate::config::{FixedSettings, Settings};
 use crate::error::StartError;
@@ -71,6 +77,8 @@ pub struct Assembled {
     pub proxy: Arc<Proxy>,
     /// The certificate and key in use, reloaded on SIGHUP and when the files change.
     pub certs: Arc<CertStore>,
+    /// The client-certificate verifier, with mutual TLS on; reloaded like the certificate.
+    pub client_ca: Option<Arc<ClientVerifier>>,
     /// CORS settings that are valid but probably not what was meant, to be logged.
     pub warnings: Vec<String>,
     /// The bound admin listener, served beside the proxy when set ([`Assembled::with_admin`]).
@@ -117,24 +125,37 @@ pub fn build(cli: &Cli) -> Result<Assembled, StartError> {
             (certs, development, None)
         }
     };
-    let reload_certs = certs.clone();
-    let proxy = Proxy::new(settings, tls::server_config(certs.clone())).with_cert_reloader(
-        Box::new(move || {
-            // An ACME store with no certificate yet has no files to load; its task fills it.
-            if reload_certs.info().is_none() {
-                return Ok(());
-            }
-            reload_certs
-                .reload_logged("reload")
-                .map(|_| ())
-                .map_err(Into::into)
-        }),
+    let client_ca = match &settings.fixed.client_auth {
+        Some(client_auth) => {
+            Some(ClientVerifier::load(client_auth).map_err(|e| StartError::Tls(e.to_string()))?)
+        }
+        None => None,
+    };
+    let tls_config = tls::server_config_verifying_clients(
+        certs.clone(),
+        client_ca.clone().map(|v| v as Arc<dyn ClientCertVerifier>),
     );
+    let (reload_certs, reload_client_ca) = (certs.clone(), client_ca.clone());
+    let proxy = Proxy::new(settings, tls_config).with_cert_reloader(Box::new(move || {
+        // Both are tried, so a bad one of the two does not keep the other from reloading. An
+        // ACME store with no certificate yet has no files to load; its task fills it.
+        let certs = match reload_certs.info() {
+            Some(_) => reload_certs.reload_logged("reload").map(|_| ()),
+            None => Ok(()),
+        };
+        let client_ca = match &reload_client_ca {
+            Some(verifier) => verifier.reload_logged("reload"),
+            None => Ok(()),
+        };
+        certs?;
+        client_ca.map_err(Into::into)
+    }));
     let proxy = Arc::new(proxy);
     certs.report_to(proxy.metrics().clone());
     Ok(Assembled {
         proxy,
         certs,
+        client_ca,
         warnings,
         development,
         admin: None,
@@ -183,6 +204,7 @@ impl Assembled {
         let Assembled {
             proxy,
             certs,
+            client_ca,
             warnings,
             development,
             admin,
@@ -229,6 +251,10 @@ impl Assembled {
             Arc::clone(acme).spawn(certs.clone())
         });
         let http01 = acme.as_ref().and_then(|acme| acme.http01());
+        if let Some(client_ca) = client_ca {
+            client_ca.log("startup");
+            client_ca.watch(fixed.timeouts.cert_watch_interval);
+        }
 
         let (stop_redirect, redirect_stopped) = tokio::sync::oneshot::channel::<()>();
         if let Some(redirect) = redirect {

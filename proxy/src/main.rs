@@ -45,15 +45,29 @@ fn main() -> ExitCode {
 /// Runs a helper subcommand to its end.
 fn run_command(command: &Command, cli: &Cli) -> ExitCode {
     match command {
-        Command::Cert(args) => match cmd::localca::process_data_dir(cli.proxy.data_dir.as_deref())
-            .and_then(|data_dir| cmd::devcert::run(args, &data_dir))
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("proxy cert: {e}");
-                ExitCode::from(EXIT_CONFIG)
+        Command::Cert(args) => {
+            let data_dir = cmd::localca::process_data_dir(cli.proxy.data_dir.as_deref());
+            let result = data_dir.and_then(|data_dir| {
+                if args.trust || args.untrust {
+                    let targets = cmd::trust::TrustTargets::from_env(
+                        &signal::process_env(),
+                        std::env::consts::OS,
+                    );
+                    cmd::trust::run(&data_dir, args.trust, &targets)
+                } else {
+                    cmd::devcert::run(args, &data_dir).map(|()| true)
+                }
+            });
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                // A place could not be changed; each step printed why.
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("proxy cert: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
             }
-        },
+        }
         Command::Healthcheck(args) => {
             // The check follows the proxy's own listen address, wherever it was set (flag,
             // environment or `.env`), unless --addr names another.

@@ -14,12 +14,13 @@ use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::Engine as _;
 use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -30,6 +31,7 @@ use tracing::{error, info, warn};
 use x509_parser::extensions::GeneralName;
 
 use crate::metrics::{Metrics, Reload};
+use crate::watch::{self, FileFingerprint, Watched};
 
 /// A certificate that expires within this window is logged as a warning at start-up and on reload.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 60 * 60);
@@ -380,7 +382,7 @@ impl CertStore {
     /// inode, so an atomic rename or a Kubernetes symlink swap counts) and reloads once a change has
     /// settled. The task ends when the store is dropped. Needs a tokio runtime.
     pub fn watch(self: Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(watch_loop(Arc::downgrade(&self), interval))
+        watch::spawn(&self, interval)
     }
 }
 
@@ -404,32 +406,6 @@ impl ResolvesServerCert for CertStore {
 
 type PairFingerprint = (Option<FileFingerprint>, Option<FileFingerprint>);
 
-/// What identifies a version of a file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileFingerprint {
-    len: u64,
-    mtime: Option<SystemTime>,
-    ctime: (i64, i64),
-    dev: u64,
-    ino: u64,
-}
-
-impl FileFingerprint {
-    /// `None` while the file is missing (e.g. between the steps of a rotation).
-    fn of(path: &Path) -> Option<FileFingerprint> {
-        use std::os::unix::fs::MetadataExt as _;
-        // Follows symlinks, so a swapped link target shows up as a new inode.
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileFingerprint {
-            len: meta.len(),
-            mtime: meta.modified().ok(),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-            dev: meta.dev(),
-            ino: meta.ino(),
-        })
-    }
-}
-
 fn fingerprint(cert_path: &Path, key_path: &Path) -> PairFingerprint {
     (
         FileFingerprint::of(cert_path),
@@ -437,36 +413,23 @@ fn fingerprint(cert_path: &Path, key_path: &Path) -> PairFingerprint {
     )
 }
 
-async fn watch_loop(store: Weak<CertStore>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first tick is immediate; the files were just loaded.
-    ticker.tick().await;
-    // A change is applied once two polls in a row see the same state: the certificate and the key
-    // are usually written one after the other, and reloading between the two would log a spurious
-    // mismatch. A state that failed to load is not retried on every poll; a later write changes it.
-    let mut pending: Option<PairFingerprint> = None;
-    let mut failed: Option<PairFingerprint> = None;
-    loop {
-        ticker.tick().await;
-        let Some(store) = store.upgrade() else { return };
-        // Two stat calls per interval on local files: cheap enough to make on the runtime thread.
-        let seen = fingerprint(&store.cert_path, &store.key_path);
-        // Compared with the pair in use, so a change already loaded by SIGHUP is not loaded again.
-        // An empty store (no ACME certificate yet) counts as two missing files.
-        let in_use = store
-            .current
+impl Watched for CertStore {
+    type State = PairFingerprint;
+
+    fn seen(&self) -> PairFingerprint {
+        fingerprint(&self.cert_path, &self.key_path)
+    }
+
+    /// An empty store (no ACME certificate yet) counts as two missing files.
+    fn in_use(&self) -> PairFingerprint {
+        self.current
             .load()
             .as_ref()
-            .map_or((None, None), |loaded| loaded.fingerprint);
-        if seen == in_use || Some(seen) == failed {
-            pending = None;
-        } else if pending == Some(seen) {
-            pending = None;
-            failed = store.reload_logged("file-change").err().map(|_| seen);
-        } else {
-            pending = Some(seen);
-        }
+            .map_or((None, None), |loaded| loaded.fingerprint)
+    }
+
+    fn reload_changed(&self) -> bool {
+        self.reload_logged("file-change").is_ok()
     }
 }
 
@@ -477,13 +440,25 @@ async fn watch_loop(store: Weak<CertStore>, interval: Duration) {
 /// both versions, and a server-side session-id cache for TLS 1.2 clients without ticket support.
 /// No 0-RTT: early data can be replayed, and a proxy cannot know which requests are safe to replay.
 pub fn server_config(store: Arc<CertStore>) -> Arc<ServerConfig> {
+    server_config_verifying_clients(store, None)
+}
+
+/// [`server_config`], asking clients for a certificate that `clients` verifies, when given
+/// (mutual TLS: the `client_auth` module's verifier).
+pub fn server_config_verifying_clients(
+    store: Arc<CertStore>,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+) -> Arc<ServerConfig> {
     let provider = Arc::clone(&store.provider);
     let tls_alpn_01 = store.tls_alpn_challenges.is_some();
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let builder = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .expect("the aws-lc-rs default provider supports TLS 1.2 and 1.3")
-        .with_no_client_auth()
-        .with_cert_resolver(store);
+        .expect("the aws-lc-rs default provider supports TLS 1.2 and 1.3");
+    let builder = match clients {
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = ALPN_PROTOCOLS.iter().map(|p| p.to_vec()).collect();
     // Last, so a client offering HTTP as well never negotiates it; the resolver gives the
     // challenge certificate only to handshakes offering it alone.

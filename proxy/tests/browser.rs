@@ -10,6 +10,8 @@
 //! - Either way, the app's own HTML login through the proxy works in the same browser (same-origin
 //!   requests are never refused).
 //!
+//! [`trust`]: `proxy cert --trust` makes the same browser trust the local CA with no flag at all.
+//!
 //! Needs Chromium (Debian: `apt-get install chromium`; or `CHROMIUM=/path/to/chrome`). Without it
 //! the tests say so and pass, except under `CI=true`, where they fail. Screenshots of each step are
 //! left in `$CARGO_TARGET_TMPDIR` for looking at a failure.
@@ -17,6 +19,8 @@
 #[path = "browser/chromium.rs"]
 mod chromium;
 mod common;
+#[path = "browser/trust.rs"]
+mod trust;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -360,6 +364,7 @@ impl TestEnv {
         Browser::launch(
             binary,
             std::slice::from_ref(&self.cert.spki_sha256),
+            None,
             &self.dir.join("chromium-profile"),
             // Beside the build rather than in the scratch directory, so it outlives a failure.
             &Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -187,6 +187,8 @@ fn cert_command_creates_the_directory_and_respects_if_missing() {
         names: vec![],
         force,
         if_missing,
+        trust: false,
+        untrust: false,
     };
     devcert::run(&args(false, false), &data_dir).unwrap();
     let key = std::fs::read_to_string(out_dir.join("key.pem")).unwrap();

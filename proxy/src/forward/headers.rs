@@ -16,6 +16,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// Headers a client could use to impersonate another address or scheme to the app; removed
 /// unless the peer is a trusted proxy.
 static SPOOFABLE: [HeaderName; 3] = [
@@ -37,6 +38,8 @@ pub struct Peer {
     /// The last `Forwarded` element made, with the `Host` it was made for: a connection's
     /// requests nearly always name one host, so the element is formatted once per connection.
     forwarded: Mutex<Option<(HeaderValue, HeaderValue)>>,
+    /// The `X-Forwarded-Client-Cert` value of the client's verified certificate (mutual TLS).
+    client_cert: Option<HeaderValue>,
 }
 
 impl Peer {
@@ -56,7 +59,14 @@ impl Peer {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded_for,
             forwarded: Mutex::new(None),
+            client_cert: None,
         }
+    }
+
+    /// The peer with the `X-Forwarded-Client-Cert` value of its verified certificate, if any.
+    pub fn with_client_cert(mut self, value: Option<HeaderValue>) -> Peer {
+        self.client_cert = value;
+        self
     }
 
     /// `for=...;host="...";proto=https` (RFC 7239 §4) for a request to `host`.
@@ -107,6 +117,7 @@ impl HeaderScan {
     const FORWARDED: u16 = 1 << 10;
     /// Any of [`SPOOFABLE`].
     const SPOOFABLE: u16 = 1 << 11;
+    const X_FORWARDED_CLIENT_CERT: u16 = 1 << 12;
 
     pub fn scan(headers: &HeaderMap) -> HeaderScan {
         HeaderScan(
@@ -135,6 +146,7 @@ impl HeaderScan {
             (17, "transfer-encoding") => HeaderScan::TRANSFER_ENCODING,
             (17, "x-forwarded-proto") => HeaderScan::X_FORWARDED_PROTO,
             (18, "x-forwarded-prefix") => HeaderScan::SPOOFABLE,
+            (23, "x-forwarded-client-cert") => HeaderScan::X_FORWARDED_CLIENT_CERT,
             _ => 0,
         }
     }
@@ -232,7 +244,8 @@ pub(super) fn strip_fields(headers: &mut HeaderMap, fields: HeaderScan, keep_upg
     }
 }
 
-/// Sets `X-Forwarded-For/Proto/Host`, `Forwarded` and `Via` on a request going upstream.
+/// Sets `X-Forwarded-For/Proto/Host`, `Forwarded`, `Via` and (with a verified client
+/// certificate) `X-Forwarded-Client-Cert` on a request going upstream.
 ///
 /// From an untrusted peer, incoming forwarding headers are replaced (a client cannot make the app
 /// believe it is someone else); from a trusted proxy they are kept and the peer is appended.
@@ -255,6 +268,15 @@ pub(super) fn set_forwarding_fields(
     host: Option<&HeaderValue>,
     version: Version,
 ) {
+    // Envoy's `sanitize`: what a client sends as X-Forwarded-Client-Cert never passes, not even
+    // from a trusted proxy (its certificate is not the one the upstream would take it for); the
+    // upstream gets the proxy's value for the certificate verified on this connection, if any.
+    if fields.has(HeaderScan::X_FORWARDED_CLIENT_CERT) {
+        headers.remove(&X_FORWARDED_CLIENT_CERT);
+    }
+    if let Some(cert) = &peer.client_cert {
+        headers.append(&X_FORWARDED_CLIENT_CERT, cert.clone());
+    }
     let https = HeaderValue::from_static("https");
     let element = peer.forwarded_element(host);
     if peer.trusted {
@@ -521,6 +543,7 @@ mod tests {
             "x-real-ip",
             "x-forwarded-port",
             "x-forwarded-prefix",
+            "x-forwarded-client-cert",
         ];
         let mut all = 0;
         for name in acted_on {
@@ -530,7 +553,7 @@ mod tests {
         }
         assert_eq!(
             all,
-            (1 << 12) - 1,
+            (1 << 13) - 1,
             "one bit per field (the spoofable ones share one)"
         );
         // SPOOFABLE lists exactly the fields that share the spoofable bit.

@@ -235,9 +235,9 @@ async fn send_fresh(
 /// request's, scanned once by the caller.
 fn prepare_parts(parts: &mut Parts, fields: HeaderScan, peer: &Peer, upgrade: bool) {
     let received = parts.version;
-    // Room for what is added below (Host, X-Forwarded-For/Proto/Host, Forwarded, Via): one
-    // growth of the map instead of several as the headers go in one by one.
-    parts.headers.reserve(6);
+    // Room for what is added below (Host, X-Forwarded-For/Proto/Host, Forwarded, Via,
+    // X-Forwarded-Client-Cert): one growth of the map instead of several as they go in.
+    parts.headers.reserve(7);
     strip_fields(&mut parts.headers, fields, upgrade);
     // HTTP/2 carries the authority in `:authority`; HTTP/1.1 upstreams need it as `Host`.
     let host = if fields.has(HeaderScan::HOST) {

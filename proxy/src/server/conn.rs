@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
@@ -59,15 +60,18 @@ pub(crate) struct ClientConn {
 }
 
 impl ClientConn {
-    /// The state of a connection from `peer_addr` whose TLS handshake has just completed.
+    /// The state of a connection from `peer_addr` whose TLS handshake has just completed;
+    /// `client_cert` is the verified client certificate's `X-Forwarded-Client-Cert` value.
     pub(super) fn new(
         proxy: Arc<Proxy>,
         peer_addr: SocketAddr,
         tls_version: &'static str,
         protocol: &'static str,
+        client_cert: Option<HeaderValue>,
     ) -> ClientConn {
         ClientConn {
-            peer: Peer::new(peer_addr.ip(), &proxy.fixed.trusted_proxies),
+            peer: Peer::new(peer_addr.ip(), &proxy.fixed.trusted_proxies)
+                .with_client_cert(client_cert),
             tls_version,
             protocol,
             proxy,

@@ -29,6 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::client_auth;
 use crate::config::FixedSettings;
 use crate::metrics::{ClientTimeout, HandshakeFailure, TlsVersion};
 use accept::accept;
@@ -74,8 +75,14 @@ pub async fn run(
             accepted = accept(&listener, "https") => accepted,
             () = &mut shutdown => break,
         };
-        let span =
-            info_span!("conn", %peer, tls = tracing::field::Empty, alpn = tracing::field::Empty);
+        // `client`: the verified client certificate's names, with mutual TLS on.
+        let span = info_span!(
+            "conn",
+            %peer,
+            tls = tracing::field::Empty,
+            alpn = tracing::field::Empty,
+            client = tracing::field::Empty
+        );
         let connection = serve_connection(
             tcp,
             peer,
@@ -180,6 +187,14 @@ async fn serve_connection(
     let tls = match tokio::time::timeout_at(handshake_deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
+            // The verifier logs the certificates it refuses; rustls refuses a missing one itself.
+            if client_auth::verifier::missing_certificate(&e) {
+                warn!(
+                    phase = "tls_handshake",
+                    reason = "no certificate",
+                    "client certificate refused"
+                );
+            }
             debug!(phase = "tls_handshake", error = %e, "TLS handshake failed");
             metrics.handshake_failed(HandshakeFailure::of_io(&e));
             return;
@@ -195,7 +210,7 @@ async fn serve_connection(
         debug!("acme tls-alpn-01 validation handshake answered; closing");
         return;
     }
-    let (protocol, tls_version) = {
+    let (protocol, tls_version, client_cert) = {
         let (_, session) = tls.get_ref();
         metrics.handshake(match session.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_2) => TlsVersion::Tls12,
@@ -217,7 +232,7 @@ async fn serve_connection(
             .protocol_version()
             .and_then(|v| v.as_str())
             .unwrap_or("unknown");
-        (protocol, version)
+        (protocol, version, client_cert_header(session))
     };
 
     let conn = Arc::new(ClientConn::new(
@@ -225,6 +240,7 @@ async fn serve_connection(
         peer_addr,
         tls_version,
         protocol.name(),
+        client_cert,
     ));
     match protocol {
         Protocol::Http2 => {
@@ -252,6 +268,22 @@ async fn serve_connection(
     }
     // Held to here: the slot is free once the connection (or its tunnel) is gone.
     drop(permit);
+}
+
+/// The `X-Forwarded-Client-Cert` value for the certificate the client presented, which the
+/// verifier has accepted; `None` without one (mutual TLS off, or optional and none sent).
+fn client_cert_header(session: &rustls::ServerConnection) -> Option<http::HeaderValue> {
+    let leaf = session.peer_certificates()?.first()?;
+    match client_auth::Identity::from_der(leaf) {
+        Ok(identity) => {
+            tracing::Span::current().record("client", identity.names());
+            identity.xfcc()
+        }
+        Err(e) => {
+            warn!(error = %e, "verified client certificate unreadable: no X-Forwarded-Client-Cert");
+            None
+        }
+    }
 }
 
 /// Runs an HTTP/2 connection to its end: asks it to finish (`graceful_shutdown`) when the server

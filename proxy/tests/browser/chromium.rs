@@ -138,10 +138,13 @@ pub struct Browser {
 
 impl Browser {
     /// Starts Chromium with a fresh profile in `profile`, trusting certificates whose SPKI sha256
-    /// (base64) is in `spki_pins`, writing its stderr to `log`, and waits until DevTools answers.
+    /// (base64) is in `spki_pins` (no certificate flag at all when empty), with `HOME` set to
+    /// `home` when given (Chromium on Linux reads the user's CAs from `$HOME/.pki/nssdb`), writing
+    /// its stderr to `log`, and waits until DevTools answers.
     pub async fn launch(
         binary: &Path,
         spki_pins: &[String],
+        home: Option<&Path>,
         profile: &Path,
         log: &Path,
     ) -> Result<Self, BrowserError> {
@@ -157,11 +160,17 @@ impl Browser {
             .arg("sh")
             .arg(binary)
             .args(FLAGS)
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .arg(format!(
+            .arg(format!("--user-data-dir={}", profile.display()));
+        if !spki_pins.is_empty() {
+            command.arg(format!(
                 "--ignore-certificate-errors-spki-list={}",
                 spki_pins.join(",")
-            ))
+            ));
+        }
+        if let Some(home) = home {
+            command.env("HOME", home);
+        }
+        command
             .arg("about:blank")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

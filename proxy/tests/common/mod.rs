@@ -166,6 +166,11 @@ pub fn proxy_argv(pki: &TestPki, upstream: SocketAddr, extra: &[&str]) -> Vec<Os
 
 /// [`proxy_argv`] for an upstream given as `--upstream` takes it (`http://…` or `unix:/…`).
 pub fn proxy_argv_url(pki: &TestPki, upstream: &str, extra: &[&str]) -> Vec<OsString> {
+    proxy_argv_files(&pki.cert_path, &pki.key_path, upstream, extra)
+}
+
+/// The command line of a test proxy serving the pair at `cert` and `key`.
+pub fn proxy_argv_files(cert: &Path, key: &Path, upstream: &str, extra: &[&str]) -> Vec<OsString> {
     let mut argv: Vec<OsString> = [
         "proxy",
         "--env-file",
@@ -180,9 +185,9 @@ pub fn proxy_argv_url(pki: &TestPki, upstream: &str, extra: &[&str]) -> Vec<OsSt
     .collect();
     argv.extend([
         OsString::from("--tls-cert"),
-        pki.cert_path.clone().into_os_string(),
+        cert.as_os_str().to_owned(),
         OsString::from("--tls-key"),
-        pki.key_path.clone().into_os_string(),
+        key.as_os_str().to_owned(),
     ]);
     argv.extend(extra.iter().map(OsString::from));
     argv
