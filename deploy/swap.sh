@@ -61,7 +61,7 @@ if [ "$new" = green ]; then
 else
     rm -f "$state/upstream"
 fi
-since="$(date -u +%Y-%m-%dT%H:%M:%S)"
+since="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 # deploy/compose writes the merged settings before Compose sends the signal.
 dc kill -s HUP proxy >/dev/null
 want="$(sed -n 's/^PROXY_UPSTREAM=//p' "$state/config/proxy.env" | tail -n 1 | tr -d '"')"
