@@ -33,6 +33,8 @@ pub const REFUSED_RETRY_PAUSE: Duration = Duration::from_millis(100);
 pub struct Pool {
     state: Mutex<State>,
     connect_timeout: Duration,
+    /// How long refused connects are retried (see [`Pool::connect`]).
+    refused_retry: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     metrics: Arc<Metrics>,
@@ -68,6 +70,11 @@ impl Pool {
                 reaping: false,
             }),
             connect_timeout: timeouts.upstream_connect,
+            // Within half the response timeout too, so that a backend that stays down is
+            // answered as unreachable (502), not as slow (504).
+            refused_retry: REFUSED_RETRY_WINDOW
+                .min(timeouts.upstream_connect)
+                .min(timeouts.upstream_response / 2),
             idle_timeout: timeouts.upstream_idle,
             max_idle: limits.upstream_max_idle,
             metrics,
@@ -98,11 +105,12 @@ impl Pool {
     }
 
     /// A new connection, never a pooled one. A refused connect is tried again, every
-    /// [`REFUSED_RETRY_PAUSE`], for up to [`REFUSED_RETRY_WINDOW`] (at most the connect timeout):
+    /// [`REFUSED_RETRY_PAUSE`], for up to [`REFUSED_RETRY_WINDOW`] (at most the connect timeout
+    /// and half the response timeout):
     /// nothing was sent, so this is safe for any request, and it covers a backend restarting in
     /// place, whose old process has closed its listening socket before the new one opens it.
     pub async fn connect(&self, upstream: &Upstream) -> Result<UpstreamConn, ConnectError> {
-        let give_up = Instant::now() + REFUSED_RETRY_WINDOW.min(self.connect_timeout);
+        let give_up = Instant::now() + self.refused_retry;
         let result = loop {
             let result = connect(upstream, self.connect_timeout).await;
             match &result {
