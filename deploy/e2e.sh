@@ -355,7 +355,7 @@ check "... and the proxy is still running" test "$(state '{{.State.Running}}' pr
 set_upstream "http://127.0.0.1:8000"
 
 # A client that keeps sending through a swap; every answer is logged.
-loop_start() { # loop_start NAME: requests in a loop into $tmp/NAME.log until $tmp/NAME.stop
+loop_start() { # loop_start NAME: requests in a loop into $tmp/NAME.log until $tmp/NAME.stop (NAME: loop-*)
     : >"$tmp/$1.log"
     (
         end=$((SECONDS + LOOP_LIMIT))
@@ -384,12 +384,12 @@ swap() {
         "$deploy_dir/swap.sh" "$1" >"$tmp/swap-$1.log" 2>&1
 }
 
-loop_start swap-green
+loop_start loop-green
 swap_rc=0
 swap green || swap_rc=$?
 check "deploy/swap.sh green (exit $swap_rc): $(tail -n 1 "$tmp/swap-green.log")" test "$swap_rc" = 0
 [ "$swap_rc" = 0 ] || sed 's/^/   | /' "$tmp/swap-green.log"
-loop_stop swap-green "deploy/swap.sh green"
+loop_stop loop-green "deploy/swap.sh green"
 check "the proxy's log shows the switch to green" bash -c "'$deploy_dir/compose' -p '$project' logs proxy 2>&1 | grep 'configuration reloaded' | grep -q 'green:8000'"
 check "the choice is kept in the state folder: $(cat "$tmp/state/upstream" 2>/dev/null)" grep -qx 'http://green:8000' "$tmp/state/upstream"
 check "blue (app) was stopped by the swap: $(state '{{.State.Status}}' app)" test "$(state '{{.State.Status}}' app)" = exited
@@ -403,12 +403,12 @@ check "blue's session cookie still works on green ($status)" \
 check "no tracked file changed (git status --porcelain deploy is empty), and .state/ is ignored" \
     bash -c "[ -z \"\$(git -C '$repo_dir' status --porcelain deploy)\" ] && git -C '$repo_dir' check-ignore -q deploy/.state/upstream"
 
-loop_start swap-blue
+loop_start loop-blue
 swap_rc=0
 swap blue || swap_rc=$?
 check "deploy/swap.sh blue (exit $swap_rc): $(tail -n 1 "$tmp/swap-blue.log")" test "$swap_rc" = 0
 [ "$swap_rc" = 0 ] || sed 's/^/   | /' "$tmp/swap-blue.log"
-loop_stop swap-blue "deploy/swap.sh blue"
+loop_stop loop-blue "deploy/swap.sh blue"
 check "back on blue: the state folder holds no choice, green is stopped ($(state '{{.State.Status}}' green))" \
     bash -c "[ ! -e '$tmp/state/upstream' ] && [ '$(state '{{.State.Status}}' green)' = exited ]"
 check "the proxy was left running through both swaps" test "$(container proxy)/$(state '{{.State.StartedAt}}' proxy)" = "$proxy_id/$proxy_started"
@@ -417,10 +417,10 @@ step "shared-namespace swap: compose.backend.yaml replaces the app image, proxy 
 docker tag tls-sidecar/app:local tls-sidecar/app:other
 compose_files+=(-f "$deploy_dir/compose.backend.yaml")
 export BACKEND_IMAGE=tls-sidecar/app:other
-loop_start backend
+loop_start loop-backend
 dc up -d --no-deps app >"$tmp/backend-up.log" 2>&1 || { cat "$tmp/backend-up.log"; fail "compose up with compose.backend.yaml failed"; }
 wait_healthy app || fail "the replacement backend did not become healthy"
-loop_stop backend "the app's replacement in place (the proxy waits out refused connects)"
+loop_stop loop-backend "the app's replacement in place (the proxy waits out refused connects)"
 check "the app container now runs BACKEND_IMAGE ($(state '{{.Config.Image}}' app))" test "$(state '{{.Config.Image}}' app)" = tls-sidecar/app:other
 other_token="$(login_token)"
 check "a session on the replacement backend" test "$(me_status "$other_token")" = 200
