@@ -3,7 +3,9 @@
 #   1. the app's port already taken: dev.sh stops at once, names the app, shows its log, exits non-zero;
 #   2. PROXY_UPSTREAM set (your own app) and the proxy's port taken: no demo app, no demo login, the
 #      proxy named;
-#   3. PROXY_UPSTREAM set, all free: "The proxy is up" on 127.0.0.1 only, and SIGTERM stops it.
+#   3. PROXY_UPSTREAM set, all free: "The proxy is up", and SIGTERM stops it;
+#   4. the demo stack (the app on another port, which the proxy follows) up and answering, then the
+#      app killed: dev.sh names it, stops the proxy and exits 1.
 # It uses built binaries (DEV_BIN_DIR, default target/debug: run `cargo build` first), a temporary
 # HOME, certificate and log folder; the last line is "N passed, N failed".
 set -euo pipefail
@@ -97,6 +99,33 @@ wait "$dev" || rc=$?
 dev=""
 check "SIGTERM stops it (rc $rc) and the proxy with it (its port is free again)" \
     bash -c "[ '$rc' = 130 ] && ! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null"
+
+echo "== 4. the demo stack up, then the app dies: dev.sh stops the proxy and says so"
+port="$(free_port)"
+: >"$tmp/demo.out"
+env -u PROXY_UPSTREAM -u PROXY_LISTEN HOME="$tmp/home" DEV_BIN_DIR="$bin_dir" DEV_LOG_DIR="$tmp/logs-demo" \
+    TLS_CERT_FILE="$tmp/cert/cert.pem" TLS_KEY_FILE="$tmp/cert/key.pem" \
+    APP_LISTEN="127.0.0.1:$(free_port)" PROXY_LISTEN="127.0.0.1:$port" \
+    deploy/dev.sh >"$tmp/demo.out" 2>&1 &
+dev=$!
+deadline=$((SECONDS + 60))
+until grep -q 'The stack is up' "$tmp/demo.out"; do
+    if ! kill -0 "$dev" 2>/dev/null || ((SECONDS > deadline)); then break; fi
+    sleep 0.1
+done
+check "dev.sh says the stack is up, with the demo login" bash -c "grep -q 'The stack is up' '$tmp/demo.out' && grep -q 'Demo login' '$tmp/demo.out'"
+login="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --cacert "$tmp/cert/cert.pem" \
+    --resolve "localhost:$port:127.0.0.1" "https://localhost:$port/auth/login" 2>&1 || true)"
+check "the proxy reaches the demo app on its APP_LISTEN port: /auth/login $login" test "$login" = 200
+app_pid="$(pgrep -P "$dev" -x app || true)"
+[[ -n $app_pid ]] && kill -KILL "$app_pid"
+rc=0
+wait "$dev" || rc=$?
+dev=""
+check "when the app dies, dev.sh exits 1 (rc $rc), naming it" \
+    bash -c "[ '$rc' = 1 ] && grep -q 'dev.sh: the app exited (status 137)' '$tmp/demo.out'"
+check "... and the proxy is stopped with it (its port is free again)" \
+    bash -c "! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null"
 
 if ((failed > 0)) || [[ -n ${DEV_TEST_VERBOSE:-} ]]; then
     for f in "$tmp"/*.out; do echo "--- $f"; tail -n 30 "$f"; done

@@ -7,6 +7,7 @@
 #   deploy/dev.sh                                        # the demo app behind the proxy
 #   PROXY_UPSTREAM=http://127.0.0.1:5000 deploy/dev.sh   # your own app instead (the demo app is not started)
 #   PROXY_LISTEN=0.0.0.0:8443 deploy/dev.sh              # listen on every interface, not only this machine
+#   APP_LISTEN=127.0.0.1:8001 deploy/dev.sh              # the demo app on another port (the proxy follows)
 #
 # Settings come from the usual places: flags are not passed here, so the proxy reads PROXY_* / TLS_* /
 # CORS variables from the environment and from `.env` in the repository root (see docs/configuration.md).
@@ -29,6 +30,15 @@ setting() {
 upstream=$(setting PROXY_UPSTREAM)
 demo=yes
 [[ -n $upstream ]] && demo=no
+app_listen=$(setting APP_LISTEN)
+if [[ $demo == yes && -n $app_listen ]]; then
+    # The demo app elsewhere than its default: the proxy follows it.
+    case $app_listen in
+        unix:*) upstream=$app_listen ;;
+        *) upstream=http://$app_listen ;;
+    esac
+    export PROXY_UPSTREAM=$upstream
+fi
 listen=$(setting PROXY_LISTEN)
 if [[ -z $listen ]]; then
     # This machine only by default: the demo users' password is `password`.
@@ -100,7 +110,7 @@ exited() { # exited [PID STATUS]: if a process has exited, names it, shows its l
         } >&2
         if grep -qi 'in use' "$logs/${names[i]}.log"; then
             case ${names[i]} in
-                app) echo "dev.sh: another program has the app's port: stop it, or set APP_LISTEN (default 127.0.0.1:8000) and PROXY_UPSTREAM to match" >&2 ;;
+                app) echo "dev.sh: another program has the app's port: stop it, or move the demo app with APP_LISTEN (default 127.0.0.1:8000; the proxy follows)" >&2 ;;
                 proxy) echo "dev.sh: another program has the proxy's port: stop it, or set PROXY_LISTEN (now $listen)" >&2 ;;
             esac
         fi
