@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
 # deploy/e2e.sh: the end-to-end test of the compose deploy, with real containers.
 #
-# From a clean checkout: builds the static binaries and the images, starts the stack, and checks over
-# HTTPS on the published port everything a user relies on: the login flow in JSON and HTML, CORS
-# preflights, the app hidden from the host, 502 while the app is down and recovery, a backend swap in
-# each shape with the proxy left running (blue/green with a client that keeps sending), certificate
-# rotation in the mounted folder, a draining stop, and a `down` that leaves nothing behind.
+# From a clean checkout: builds the static binaries and the images, starts the stack through
+# deploy/compose (Compose v2 or v1), and checks over HTTPS on the published port everything a user
+# relies on: the login flow in JSON and HTML, CORS preflights, the app hidden from the host, 502 while
+# the app is down and recovery, a backend swap in each shape with the proxy left running and a client
+# that keeps sending (deploy/swap.sh green and blue; compose.backend.yaml), the tree left clean,
+# certificate rotation, a draining stop, a `down` that leaves nothing behind, and the demo flow again
+# with the app on a UNIX socket (compose.unix.yaml).
 # Each check prints one `ok`/`FAIL` line; the last line is "N passed, N failed".
 #
 # Without a Docker engine it skips (exit 0), except with CI=true, where that is a failure.
 # Settings (env): E2E_PROXY_PORT (host port to publish; default 8443, or the next free of 18443,
 # 28443, 38443), E2E_HTTP_PORT (the redirect port; 8080, 18080, ...), E2E_SKIP_BUILD=1 (reuse deploy/bin/ instead of running build.sh), E2E_KEEP=1 (leave
 # the stack and the temporary folder for inspection).
-# Only loopback is contacted from the host; the stack's files (certificates, proxy.env) are
-# temporary copies, so the repo's cert/ and config/ are never touched.
+# Only loopback is contacted from the host; the stack's files (certificates, proxy.env, the state
+# folder of deploy/compose and deploy/swap.sh) are temporary, so the repo's cert/, config/ and
+# .state/ are never touched.
 set -uo pipefail
 
 deploy_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin_dir="$deploy_dir/bin"
+repo_dir="$(dirname "$deploy_dir")"
 
 # Named timeouts, in seconds: each wait below polls until its deadline, then fails naming the phase.
 HEALTH_TIMEOUT=60    # a service reports healthy after `up`/`start`
@@ -36,6 +40,7 @@ skip_or_fail() {
 }
 command -v docker >/dev/null 2>&1 || skip_or_fail "no docker command"
 docker info >/dev/null 2>&1 || skip_or_fail "the Docker engine does not answer (docker info failed)"
+# deploy/compose picks the same way; this only decides whether to skip.
 if docker compose version >/dev/null 2>&1; then
     compose_cmd=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then
@@ -63,10 +68,13 @@ fatal() { # a step the rest depends on failed: stop here (the EXIT trap cleans u
 step() { echo; echo "== $*"; }
 
 project="e2e$$"
+unix_project="e2e$$unix"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/deploy-e2e.XXXXXX")"
 loop_pid=""
 compose_files=(-f "$deploy_dir/compose.yaml" -f "$deploy_dir/compose.redirect.yaml" -f "$deploy_dir/compose.green.yaml")
-dc() { "${compose_cmd[@]}" -p "$project" --project-directory "$deploy_dir" "${compose_files[@]}" "$@"; }
+dc() { "$deploy_dir/compose" -p "$project" "${compose_files[@]}" "$@"; }
+unix_files=(-f "$deploy_dir/compose.yaml" -f "$deploy_dir/compose.unix.yaml")
+dcu() { "$deploy_dir/compose" -p "$unix_project" "${unix_files[@]}" "$@"; }
 
 cleanup() {
     local rc=$?
@@ -74,10 +82,13 @@ cleanup() {
     if [ "${E2E_KEEP:-}" = "1" ]; then
         echo "e2e.sh: E2E_KEEP=1: left project $project and $tmp"
     else
-        dc -f "$deploy_dir/compose.backend.yaml" down -v --remove-orphans -t 5 >/dev/null 2>&1 \
-            || BACKEND_IMAGE=unused dc -f "$deploy_dir/compose.backend.yaml" down -v --remove-orphans -t 5 >/dev/null 2>&1
+        # The main project with every file it may have used, so nothing it started is left.
+        BACKEND_IMAGE="${BACKEND_IMAGE:-unused}" "$deploy_dir/compose" -p "$project" -f "$deploy_dir/compose.yaml" \
+            -f "$deploy_dir/compose.redirect.yaml" -f "$deploy_dir/compose.green.yaml" -f "$deploy_dir/compose.backend.yaml" \
+            down -v --remove-orphans -t 5 >/dev/null 2>&1
+        dcu down -v --remove-orphans -t 5 >/dev/null 2>&1
         docker image rm tls-sidecar/app:other >/dev/null 2>&1
-        rm -rf "$tmp"
+        rm -rf "$tmp" 2>/dev/null || true
     fi
     echo
     echo "e2e: $passed passed, $failed failed"
@@ -185,16 +196,14 @@ mkdir -p "$tmp/cert" "$tmp/config"
 cp "$deploy_dir/config/proxy.env" "$tmp/config/proxy.env"
 chmod 0755 "$tmp/cert" "$tmp/config"
 chmod 0644 "$tmp/config/proxy.env" "$tmp/cert/cert.pem"
-# key.pem stays 0600: the container user must own it. As root, hand it to the image's user; otherwise
-# run the proxy as the invoking user (still not root).
-if [ "$(id -u)" = 0 ]; then
-    chown 10001:10001 "$tmp/cert/key.pem"
-    export PROXY_UID=10001 PROXY_GID=10001
-else
-    PROXY_UID="$(id -u)" PROXY_GID="$(id -g)"
-    export PROXY_UID PROXY_GID
-fi
-export PROXY_PORT="$port" PROXY_HTTP_PORT="$http_port" PROXY_PUBLISH_ADDR=127.0.0.1 CERT_DIR="$tmp/cert" PROXY_CONFIG_DIR="$tmp/config"
+# key.pem stays 0600 and yours, as `proxy cert` wrote it: deploy/compose gives the proxy a copy it
+# can read (the user's uid is never asked for). The published address is left to its default.
+unset PROXY_UID PROXY_GID PROXY_PUBLISH_ADDR
+export PROXY_PORT="$port" PROXY_HTTP_PORT="$http_port" CERT_DIR="$tmp/cert" PROXY_CONFIG_DIR="$tmp/config" \
+    DEPLOY_STATE_DIR="$tmp/state"
+
+zero_uid="$(PROXY_UID=0 "$deploy_dir/compose" -p "$project" config 2>&1 >/dev/null)" && zero_uid="accepted"
+check "deploy/compose refuses PROXY_UID=0: $zero_uid" grep -q 'PROXY_UID=0 would run the proxy as root' <<<"$zero_uid"
 
 dc build >"$tmp/compose-build.log" 2>&1 || { tail -n 30 "$tmp/compose-build.log"; fatal "compose build failed"; }
 ok "images built from scratch with no registry: $(for i in pause app proxy; do
@@ -207,12 +216,16 @@ check "images run as non-root numeric users (app, proxy: 10001; pause: 65535)" b
 
 step "up"
 dc up -d proxy >"$tmp/up.log" 2>&1 || { cat "$tmp/up.log"; fatal "compose up failed"; }
+check "the key's copy in the state folder is 0640 and not world-readable: $(stat -c '%a %U:%G' "$tmp/state/cert/key.pem")" \
+    test "$(stat -c %a "$tmp/state/cert/key.pem")" = 640
 wait_healthy app || fatal "app did not become healthy"
 ok "app healthy (its own health check)"
 wait_healthy proxy || fatal "proxy did not become healthy"
 ok "proxy healthy (proxy healthcheck --ready: the admin listener's /readyz, no shell or curl)"
 proxy_id="$(container proxy)"
 proxy_started="$(state '{{.State.StartedAt}}' proxy)"
+check "the proxy runs as 10001, not root, and reads the key through its group: $(state '{{.Config.User}} +{{.HostConfig.GroupAdd}}' proxy)" \
+    test "$(state '{{.Config.User}}' proxy)" = 10001:10001
 
 step "login flow over https://localhost:$port"
 req "$base/auth/login"
@@ -276,6 +289,8 @@ step "the app is reachable only through the proxy"
 published="$(docker ps --filter "label=com.docker.compose.project=$project" --format '{{.Names}} {{.Ports}}' | grep -- '->' || true)"
 check "the only published ports are the proxy's 8443 and its redirect 8080, both on the pod: $published" \
     bash -c "[ \"\$(grep -o -- '->[0-9]*/tcp' <<<'$published' | sort -u | tr '\n' ' ')\" = '->8080/tcp ->8443/tcp ' ] && [ \"\$(grep -c . <<<'$published')\" = 1 ]"
+check "by default they are published on 127.0.0.1 only" \
+    bash -c "[ -n '$published' ] && ! grep -oE '[0-9a-f.:]*:[0-9]+->' <<<'$published' | grep -v '^127\.0\.0\.1:'"
 req_plain="$(curl -sS --max-time "$REQUEST_TIMEOUT" -o /dev/null -w '%{http_code} %{redirect_url}' "http://127.0.0.1:$http_port/auth/login?state=2")"
 check "the plain-HTTP port redirects to the published https port: $req_plain" bash -c "grep -Eq '^308 https://127.0.0.1:$port/auth/login\\?state=2$' <<<'$req_plain'"
 app_pid="$(state '{{.State.Pid}}' app)"
@@ -315,7 +330,7 @@ wait_healthy app || fail "app did not become healthy after restart"
 check "docker compose restart app: the proxy recovers (200 within ${RECOVER_TIMEOUT}s)" wait_status 200 "$RECOVER_TIMEOUT" "$base/auth/login"
 check "the proxy was not restarted by any of that" test "$(container proxy)/$(state '{{.State.StartedAt}}' proxy)" = "$proxy_id/$proxy_started"
 
-step "blue/green: a second backend by service name, switched to by SIGHUP, under load"
+step "blue/green: deploy/swap.sh green, then blue, under load, the tree left clean"
 blue_token="$(login_token)"
 check "a session on the current backend (blue)" test "$(me_status "$blue_token")" = 200
 req -c "$tmp/blue-jar" --data-urlencode "username=$user" --data-urlencode 'password=password' "$base/auth/token"
@@ -337,71 +352,90 @@ done
 check "an invalid PROXY_UPSTREAM (ftp://) on SIGHUP is rejected (logged: reload rejected)" test "$rejected" = yes
 check "... the blue session still works" test "$(me_status "$blue_token")" = 200
 check "... and the proxy is still running" test "$(state '{{.State.Running}}' proxy)" = true
+set_upstream "http://127.0.0.1:8000"
 
-# A client that keeps sending through the swap; every answer is logged.
-: >"$tmp/loop.log"
-(
-    end=$((SECONDS + LOOP_LIMIT))
-    while [ ! -e "$tmp/loop.stop" ] && [ "$SECONDS" -lt "$end" ]; do
-        https -o /dev/null -w '%{http_code}\n' "$base/auth/login" >>"$tmp/loop.log" 2>>"$tmp/loop.err" || echo "curl-error" >>"$tmp/loop.log"
-    done
-) &
-loop_pid=$!
-wait_lines() { local deadline=$((SECONDS + RELOAD_TIMEOUT)); while [ "$(wc -l <"$tmp/loop.log")" -lt "$1" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done; }
-wait_lines 10
-before="$(wc -l <"$tmp/loop.log")"
-set_upstream "http://green:8000"
-dc kill -s HUP proxy >/dev/null 2>&1
-switched=no
-deadline=$((SECONDS + RELOAD_TIMEOUT))
-while [ "$SECONDS" -lt "$deadline" ]; do
-    if dc logs proxy 2>&1 | grep 'configuration reloaded' | grep -q 'green:8000'; then switched=yes; break; fi
-    sleep 0.2
-done
-check "SIGHUP switched the upstream to green (logged: configuration reloaded, upstream green)" test "$switched" = yes
-wait_lines $(($(wc -l <"$tmp/loop.log") + 10))
-touch "$tmp/loop.stop"
-wait "$loop_pid"
-loop_pid=""
-total="$(wc -l <"$tmp/loop.log")"
-bad="$(grep -vc '^200$' "$tmp/loop.log")"
-check "client loop through the swap: $total requests ($before before the SIGHUP), $bad not 200 $(grep -v '^200$' "$tmp/loop.log" | sort | uniq -c | tr '\n' ' ')" \
-    bash -c "[ '$bad' = 0 ] && [ '$total' -gt '$before' ] && [ '$before' -ge 5 ]"
+# A client that keeps sending through a swap; every answer is logged.
+loop_start() { # loop_start NAME: requests in a loop into $tmp/NAME.log until $tmp/NAME.stop (NAME: loop-*)
+    : >"$tmp/$1.log"
+    (
+        end=$((SECONDS + LOOP_LIMIT))
+        while [ ! -e "$tmp/$1.stop" ] && [ "$SECONDS" -lt "$end" ]; do
+            https -o /dev/null -w '%{http_code}\n' "$base/auth/login" >>"$tmp/$1.log" 2>>"$tmp/$1.err" || echo "curl-error" >>"$tmp/$1.log"
+        done
+    ) &
+    loop_pid=$!
+    wait_lines "$1" 10
+}
+wait_lines() { local deadline=$((SECONDS + RELOAD_TIMEOUT)); while [ "$(wc -l <"$tmp/$1.log")" -lt "$2" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done; }
+loop_stop() { # loop_stop NAME WHAT: a few more requests, then stop; checks that every one got 200
+    wait_lines "$1" $(($(wc -l <"$tmp/$1.log") + 10))
+    touch "$tmp/$1.stop"
+    wait "$loop_pid"
+    loop_pid=""
+    local total bad
+    total="$(wc -l <"$tmp/$1.log")"
+    bad="$(grep -vc '^200$' "$tmp/$1.log")"
+    check "client loop through $2: $total requests, $bad not 200 $(grep -v '^200$' "$tmp/$1.log" | sort | uniq -c | tr '\n' ' ')" \
+        bash -c "[ '$bad' = 0 ] && [ '$total' -ge 20 ]"
+}
+# deploy/swap.sh reads the project and the files from Compose's own variables.
+swap() {
+    COMPOSE_PROJECT_NAME="$project" COMPOSE_FILE="$(printf '%s:' "${compose_files[@]}" | sed 's/-f://g; s/:$//')" \
+        "$deploy_dir/swap.sh" "$1" >"$tmp/swap-$1.log" 2>&1
+}
+
+loop_start loop-green
+swap_rc=0
+swap green || swap_rc=$?
+check "deploy/swap.sh green (exit $swap_rc): $(tail -n 1 "$tmp/swap-green.log")" test "$swap_rc" = 0
+[ "$swap_rc" = 0 ] || sed 's/^/   | /' "$tmp/swap-green.log"
+loop_stop loop-green "deploy/swap.sh green"
+check "the proxy's log shows the switch to green" bash -c "'$deploy_dir/compose' -p '$project' logs proxy 2>&1 | grep 'configuration reloaded' | grep -q 'green:8000'"
+check "the choice is kept in the state folder: $(cat "$tmp/state/upstream" 2>/dev/null)" grep -qx 'http://green:8000' "$tmp/state/upstream"
+check "blue (app) was stopped by the swap: $(state '{{.State.Status}}' app)" test "$(state '{{.State.Status}}' app)" = exited
 green_token="$(login_token)"
 check "a login through the proxy works on green" test "$(me_status "$green_token")" = 200
-dc stop app >/dev/null 2>&1
-check "blue retired (docker compose stop app): the proxy still serves from green" wait_status 200 "$RECOVER_TIMEOUT" "$base/auth/login"
 # Sessions are in the SQLite file both share: with blue stopped, green answers for blue's logins.
 check "blue's bearer token still works on green (shared SQLite store)" test "$(me_status "$blue_token")" = 200
 req -H 'x-expected-format: application/json' -H "Cookie: $blue_cookie" "$base/admin/me"
 check "blue's session cookie still works on green ($status)" \
     bash -c "[ '$status' = 200 ] && [ \"\$(jq -r .username '$tmp/body')\" = '$user' ]"
-check "the proxy was left running through the swap" test "$(container proxy)/$(state '{{.State.StartedAt}}' proxy)" = "$proxy_id/$proxy_started"
+check "no tracked file changed (git status --porcelain deploy is empty), and .state/ is ignored" \
+    bash -c "[ -z \"\$(git -C '$repo_dir' status --porcelain deploy)\" ] && git -C '$repo_dir' check-ignore -q deploy/.state/upstream"
 
-step "shared-namespace swap: compose.backend.yaml replaces the app image, proxy untouched"
-set_upstream "http://127.0.0.1:8000"
-dc kill -s HUP proxy >/dev/null 2>&1
+loop_start loop-blue
+swap_rc=0
+swap blue || swap_rc=$?
+check "deploy/swap.sh blue (exit $swap_rc): $(tail -n 1 "$tmp/swap-blue.log")" test "$swap_rc" = 0
+[ "$swap_rc" = 0 ] || sed 's/^/   | /' "$tmp/swap-blue.log"
+loop_stop loop-blue "deploy/swap.sh blue"
+check "back on blue: the state folder holds no choice, green is stopped ($(state '{{.State.Status}}' green))" \
+    bash -c "[ ! -e '$tmp/state/upstream' ] && [ '$(state '{{.State.Status}}' green)' = exited ]"
+check "the proxy was left running through both swaps" test "$(container proxy)/$(state '{{.State.StartedAt}}' proxy)" = "$proxy_id/$proxy_started"
+
+step "shared-namespace swap: compose.backend.yaml replaces the app image, proxy untouched, under load"
 docker tag tls-sidecar/app:local tls-sidecar/app:other
 compose_files+=(-f "$deploy_dir/compose.backend.yaml")
 export BACKEND_IMAGE=tls-sidecar/app:other
-dc up -d --no-deps app >/dev/null 2>&1 || fail "compose up with compose.backend.yaml failed"
+loop_start loop-backend
+dc up -d --no-deps app >"$tmp/backend-up.log" 2>&1 || { cat "$tmp/backend-up.log"; fail "compose up with compose.backend.yaml failed"; }
 wait_healthy app || fail "the replacement backend did not become healthy"
+loop_stop loop-backend "the app's replacement in place (the proxy waits out refused connects)"
 check "the app container now runs BACKEND_IMAGE ($(state '{{.Config.Image}}' app))" test "$(state '{{.Config.Image}}' app)" = tls-sidecar/app:other
-check "the proxy reaches it on loopback after the SIGHUP back to 127.0.0.1:8000" wait_status 200 "$RECOVER_TIMEOUT" "$base/auth/login"
 other_token="$(login_token)"
 check "a session on the replacement backend" test "$(me_status "$other_token")" = 200
 check "the proxy was left running" test "$(container proxy)/$(state '{{.State.StartedAt}}' proxy)" = "$proxy_id/$proxy_started"
 
-step "certificate rotation in the mounted folder, no restart"
+step "certificate rotation: a new pair in CERT_DIR, copied by deploy/compose, no restart"
 mkdir -p "$tmp/cert-next"
 "$bin_dir/proxy" cert --out-dir "$tmp/cert-next" >"$tmp/cert-next.log" 2>&1 || fail "proxy cert (the new pair) failed"
-[ "$(id -u)" = 0 ] && chown "$PROXY_UID:$PROXY_GID" "$tmp/cert-next/key.pem"
-chmod 0644 "$tmp/cert-next/cert.pem"
 cp "$tmp/cert/cert.pem" "$tmp/cert-old.pem"
-# Each file replaced by a rename, as deploy tools do; the watcher may see the new certificate with the
-# old key for a moment, which it must reject while the old pair keeps serving.
 mv "$tmp/cert-next/key.pem" "$tmp/cert/key.pem"
 mv "$tmp/cert-next/cert.pem" "$tmp/cert/cert.pem"
+# Any deploy/compose command copies the renewed pair into the mounted folder, each file by rename;
+# the proxy's file watch may see the new certificate with the old key for a moment, which it must
+# reject while the old pair keeps serving.
+dc ps >/dev/null 2>&1
 rotated=no
 deadline=$((SECONDS + RELOAD_TIMEOUT))
 while [ "$SECONDS" -lt "$deadline" ]; do
@@ -412,7 +446,7 @@ while [ "$SECONDS" -lt "$deadline" ]; do
     fi
     sleep 0.5
 done
-check "the new certificate is served within ${RELOAD_TIMEOUT}s (file watch, no SIGHUP)" test "$rotated" = yes
+check "the new certificate is served within ${RELOAD_TIMEOUT}s (file watch on the copy, no SIGHUP)" test "$rotated" = yes
 check "the old certificate is no longer served" bash -c \
     "! curl -sS -o /dev/null --max-time $REQUEST_TIMEOUT --cacert '$tmp/cert-old.pem' --resolve 'localhost:$port:127.0.0.1' '$base/auth/login' 2>/dev/null"
 check "the proxy was not restarted" test "$(container proxy)/$(state '{{.State.StartedAt}}' proxy)" = "$proxy_id/$proxy_started"
@@ -439,8 +473,44 @@ check "all stopped in ${stop_seconds}s, within the proxy's 15s stop grace period
 exits="$(for s in proxy app green pod; do printf '%s=%s ' "$s" "$(state '{{.State.ExitCode}}' "$s")"; done)"
 check "each exited 0 on SIGTERM (not SIGKILL's 137): $exits" test "$exits" = "proxy=0 app=0 green=0 pod=0 "
 
-step "down"
-dc down -v --remove-orphans -t 5 >/dev/null 2>&1
+step "down, as documented: deploy/compose down --remove-orphans (compose.yaml alone)"
+"$deploy_dir/compose" -p "$project" down -v --remove-orphans -t 5 >"$tmp/down.log" 2>&1 || cat "$tmp/down.log"
 left="$(docker ps -a -q --filter "label=com.docker.compose.project=$project" | wc -l)"
 nets="$(docker network ls -q --filter "label=com.docker.compose.project=$project" | wc -l)"
-check "docker compose down leaves nothing: $left containers, $nets networks" test "$left/$nets" = 0/0
+check "down leaves nothing, green included: $left containers, $nets networks" test "$left/$nets" = 0/0
+check "the tree is clean after it all (git status --porcelain deploy is empty)" \
+    bash -c "[ -z \"\$(git -C '$repo_dir' status --porcelain deploy)\" ]"
+
+step "the app on a UNIX socket (compose.unix.yaml): the demo flow, no TCP port in the app"
+dcu up -d proxy >"$tmp/unix-up.log" 2>&1 || { cat "$tmp/unix-up.log"; fatal "compose up with compose.unix.yaml failed"; }
+ucontainer() { dcu ps -q "$1"; }
+# The helpers above read the main project's containers; point them at this one.
+container() { ucontainer "$1"; }
+dc() { dcu "$@"; }
+wait_healthy app || fatal "app (on the socket) did not become healthy"
+wait_healthy proxy || fatal "proxy (forwarding to the socket) did not become healthy"
+ok "app and proxy healthy, the proxy's readiness checked over the socket"
+req -H 'x-expected-format: application/json' --data-urlencode "username=$user" \
+    --data-urlencode 'password=password' "$base/auth/token"
+unix_token="$(json .access_token)"
+check "login over the socket: POST /auth/token 200 with a token ($status)" \
+    bash -c "[ '$status' = 200 ] && [ -n '$unix_token' ] && [ '$unix_token' != null ]"
+req -H 'x-expected-format: application/json' -H "Authorization: Bearer $unix_token" "$base/admin/me"
+check "whoami over the socket: GET /admin/me 200 as $user ($status)" \
+    bash -c "[ '$status' = 200 ] && [ \"\$(jq -r .username '$tmp/body')\" = '$user' ]"
+req -H "Authorization: Bearer $unix_token" -X POST "$base/api/logout"
+check "logout over the socket: POST /api/logout 200 ($status)" test "$status" = 200
+check "the logged-out token is revoked: /admin/me 401" test "$(me_status "$unix_token")" = 401
+app_pid="$(state '{{.State.Pid}}' app)"
+if [ -r "/proc/$app_pid/net/tcp" ]; then
+    # The pod's listening TCP sockets: the proxy's 8443 (20FB) and admin 9901 (26AD), nothing else
+    # (Docker's embedded DNS server on 127.0.0.11, 0B00007F, aside).
+    listening="$(awk '$4 == "0A" && $2 !~ /^0B00007F:/ { split($2, a, ":"); print a[2] }' "/proc/$app_pid/net/tcp" "/proc/$app_pid/net/tcp6" | sort -u | tr '\n' ' ')"
+    check "no TCP listener but the proxy's (8443 and its admin 9901): $listening" test "$listening" = "20FB 26AD "
+    check "the app listens on /run/app/app.sock" grep -q '/run/app/app.sock' "/proc/$app_pid/net/unix"
+else
+    echo "   (the engine's processes are not visible here: the listening-socket checks are skipped)"
+fi
+dcu down -v --remove-orphans -t 5 >/dev/null 2>&1
+left="$(docker ps -a -q --filter "label=com.docker.compose.project=$unix_project" | wc -l)"
+check "down leaves nothing of the socket variant: $left containers" test "$left" = 0

@@ -24,10 +24,17 @@ use crate::config::{Limits, Timeouts, Upstream};
 use crate::error::ConnectError;
 use crate::metrics::{ConnectFailure, Metrics};
 
+/// How long a refused upstream connect is retried before the request gets a 502.
+pub const REFUSED_RETRY_WINDOW: Duration = Duration::from_secs(3);
+/// The pause between two attempts to connect after a refusal.
+pub const REFUSED_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// The pool. One per process, shared by all client connections.
 pub struct Pool {
     state: Mutex<State>,
     connect_timeout: Duration,
+    /// How long refused connects are retried (see [`Pool::connect`]).
+    refused_retry: Duration,
     idle_timeout: Duration,
     max_idle: usize,
     metrics: Arc<Metrics>,
@@ -63,6 +70,11 @@ impl Pool {
                 reaping: false,
             }),
             connect_timeout: timeouts.upstream_connect,
+            // Within half the response timeout too, so that a backend that stays down is
+            // answered as unreachable (502), not as slow (504).
+            refused_retry: REFUSED_RETRY_WINDOW
+                .min(timeouts.upstream_connect)
+                .min(timeouts.upstream_response / 2),
             idle_timeout: timeouts.upstream_idle,
             max_idle: limits.upstream_max_idle,
             metrics,
@@ -92,9 +104,23 @@ impl Pool {
         })
     }
 
-    /// A new connection, never a pooled one.
+    /// A new connection, never a pooled one. A refused connect is tried again, every
+    /// [`REFUSED_RETRY_PAUSE`], for up to [`REFUSED_RETRY_WINDOW`] (at most the connect timeout
+    /// and half the response timeout):
+    /// nothing was sent, so this is safe for any request, and it covers a backend restarting in
+    /// place, whose old process has closed its listening socket before the new one opens it.
     pub async fn connect(&self, upstream: &Upstream) -> Result<UpstreamConn, ConnectError> {
-        let result = connect(upstream, self.connect_timeout).await;
+        let give_up = Instant::now() + self.refused_retry;
+        let result = loop {
+            let result = connect(upstream, self.connect_timeout).await;
+            match &result {
+                Err(e) if is_refused(e) && Instant::now() + REFUSED_RETRY_PAUSE < give_up => {
+                    tokio::time::sleep(REFUSED_RETRY_PAUSE).await;
+                }
+                _ => break result,
+            }
+        };
+        // Counted once per connection wanted, whatever the number of attempts.
         match &result {
             Ok(_) => self.metrics.upstream_opened(),
             Err(e) => self.metrics.upstream_failed(failure_cause(e)),
@@ -186,6 +212,19 @@ impl Pool {
 }
 
 /// The metrics' cause of a failed connect.
+/// Whether nothing listens where the upstream should be: a refused TCP connect, or a UNIX socket
+/// that is missing (its server removes it on exit) or that nobody accepts on.
+fn is_refused(error: &ConnectError) -> bool {
+    match error {
+        ConnectError::Connect(_, e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        ConnectError::Socket(_, e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound
+        ),
+        _ => false,
+    }
+}
+
 fn failure_cause(error: &ConnectError) -> ConnectFailure {
     match error {
         ConnectError::Resolve(_) | ConnectError::NoAddress => ConnectFailure::Dns,
@@ -286,5 +325,105 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    fn pool(connect_timeout: Duration) -> Arc<Pool> {
+        let timeouts = Timeouts {
+            tls_handshake: Duration::from_secs(10),
+            header_read: Duration::from_secs(10),
+            client_idle: Duration::from_secs(60),
+            upstream_connect: connect_timeout,
+            upstream_response: Duration::from_secs(60),
+            upstream_idle: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(8),
+            cert_watch_interval: Duration::from_secs(1),
+        };
+        let limits = Limits {
+            max_connections: 16,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            upstream_max_idle: 4,
+        };
+        Pool::new(&timeouts, &limits, Arc::new(Metrics::new()))
+    }
+
+    /// A socket path in a fresh folder of its own (removed on drop).
+    struct SocketDir(PathBuf);
+    impl SocketDir {
+        fn new(name: &str) -> SocketDir {
+            let dir = std::env::temp_dir().join(format!("pool-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            SocketDir(dir)
+        }
+        fn socket(&self) -> PathBuf {
+            self.0.join("app.sock")
+        }
+    }
+    impl Drop for SocketDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn unix(path: &Path) -> Upstream {
+        Upstream::Unix(Arc::from(path))
+    }
+
+    /// The connect failures counted, whatever their cause (a missing socket is `other`).
+    fn failures(pool: &Pool) -> u64 {
+        let text = pool.metrics().encode().unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("proxy_upstream_connect_failures_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_comes_up_within_the_window_gets_the_connection() {
+        let dir = SocketDir::new("late");
+        let path = dir.socket();
+        let pool = pool(Duration::from_secs(5));
+        let started = Instant::now();
+        let late = tokio::spawn({
+            let path = path.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::net::UnixListener::bind(&path).unwrap()
+            }
+        });
+        let conn = pool.connect(&unix(&path)).await;
+        assert!(conn.is_ok(), "connected once the socket appeared");
+        assert!(started.elapsed() >= Duration::from_secs(1));
+        let _listener = late.await.unwrap();
+        assert_eq!(failures(&pool), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_past_the_window_fails_once_and_within_the_connect_timeout() {
+        let dir = SocketDir::new("never");
+        let pool = pool(Duration::from_secs(5));
+        let started = Instant::now();
+        assert!(pool.connect(&unix(&dir.socket())).await.is_err());
+        let waited = started.elapsed();
+        assert!(
+            waited >= REFUSED_RETRY_WINDOW - REFUSED_RETRY_PAUSE,
+            "{waited:?}"
+        );
+        assert!(waited <= REFUSED_RETRY_WINDOW, "{waited:?}");
+        assert_eq!(failures(&pool), 1, "counted once, not per attempt");
+
+        // A shorter connect timeout bounds the retries too.
+        let pool = self::pool(Duration::from_millis(500));
+        let started = Instant::now();
+        assert!(pool.connect(&unix(&dir.socket())).await.is_err());
+        assert!(started.elapsed() <= Duration::from_millis(500));
     }
 }
