@@ -54,6 +54,10 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Maximum idle pooled upstream connections.
 pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 256;
+/// Maximum request body size in bytes (10 MiB): larger bodies are answered with 413.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// The `Upgrade` protocols forwarded (comma-separated; `none` for no upgrades at all).
+pub const DEFAULT_UPGRADE_PROTOCOLS: &str = "websocket";
 
 /// The proxy's default listener as seen from inside its own container.
 pub const DEFAULT_HEALTHCHECK_ADDR: &str = "127.0.0.1:8443";
@@ -186,6 +190,18 @@ pub struct ProxyArgs {
     /// Maximum number of request header fields.
     #[arg(long, env = "PROXY_MAX_HEADERS", value_name = "N", default_value_t = DEFAULT_MAX_HEADERS)]
     pub max_headers: usize,
+    /// Maximum request body size in bytes; a larger declared body gets 413 at once, a streamed
+    /// one is cut (and its upstream request aborted) when it passes the limit [default: 10 MiB].
+    #[arg(long, env = "PROXY_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: u64,
+    /// Forward header fields whose names contain `_` (dropped by default: CGI-style apps read
+    /// `X_Forwarded_For` as `X-Forwarded-For`): true/false [default: false]
+    #[arg(long, env = "PROXY_ALLOW_UNDERSCORE_HEADERS", value_name = "BOOL")]
+    pub allow_underscore_headers: Option<String>,
+    /// `Upgrade` protocols forwarded to the upstream, comma-separated, or `none`; any other
+    /// is removed from the request (`h2c` is never accepted).
+    #[arg(long, env = "PROXY_UPGRADE_PROTOCOLS", value_name = "LIST", default_value = DEFAULT_UPGRADE_PROTOCOLS)]
+    pub upgrade_protocols: String,
 }
 
 /// Arguments of `proxy cert`.

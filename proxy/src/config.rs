@@ -227,6 +227,95 @@ pub struct Limits {
     pub upstream_max_idle: usize,
 }
 
+/// What the proxy accepts from clients and passes on (besides the limits on heads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRules {
+    /// Largest request body in bytes (`PROXY_MAX_BODY_BYTES`).
+    pub max_body_bytes: u64,
+    /// Header fields with `_` in their names are forwarded (`PROXY_ALLOW_UNDERSCORE_HEADERS`).
+    pub allow_underscore_headers: bool,
+    /// `Upgrade` protocol names forwarded, lower case (`PROXY_UPGRADE_PROTOCOLS`).
+    pub upgrade_protocols: Vec<String>,
+}
+
+impl RequestRules {
+    /// Whether `protocol` (an `Upgrade` token, `name[/version]`) may be forwarded.
+    pub fn allows_upgrade(&self, protocol: &str) -> bool {
+        let name = protocol.split('/').next().unwrap_or("").trim();
+        self.upgrade_protocols
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    }
+
+    fn from_args(args: &ProxyArgs) -> Result<RequestRules, ConfigError> {
+        const UPGRADES: &str = "PROXY_UPGRADE_PROTOCOLS";
+        let allow_underscore_headers = match args.allow_underscore_headers.as_deref() {
+            None => false,
+            Some(v) => parse_bool(v)
+                .ok_or_else(|| invalid("PROXY_ALLOW_UNDERSCORE_HEADERS", v, "use true or false"))?,
+        };
+        let list = args.upgrade_protocols.trim();
+        let mut upgrade_protocols = Vec::new();
+        if !list.eq_ignore_ascii_case("none") {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !name.bytes().all(is_token_byte) {
+                    return Err(invalid(
+                        UPGRADES,
+                        name,
+                        "use protocol names (RFC 9110 tokens) separated by commas, e.g. websocket",
+                    ));
+                }
+                // h2c is HTTP/2 in clear text: after it the connection would be a raw tunnel past
+                // the proxy's per-request rules (RFC 9113 §3.1 removed the upgrade to it).
+                if name.eq_ignore_ascii_case("h2c") {
+                    return Err(invalid(
+                        UPGRADES,
+                        name,
+                        "h2c is never forwarded: it would turn the connection into a tunnel \
+                         that bypasses the proxy's per-request rules",
+                    ));
+                }
+                upgrade_protocols.push(name.to_ascii_lowercase());
+            }
+        }
+        Ok(RequestRules {
+            max_body_bytes: args.max_body_bytes,
+            allow_underscore_headers,
+            upgrade_protocols,
+        })
+    }
+}
+
+/// The rules as the settings a user would type.
+impl std::fmt::Display for RequestRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let upgrades = if self.upgrade_protocols.is_empty() {
+            "none".to_owned()
+        } else {
+            self.upgrade_protocols.join(",")
+        };
+        write!(
+            f,
+            "PROXY_MAX_BODY_BYTES={} PROXY_ALLOW_UNDERSCORE_HEADERS={} PROXY_UPGRADE_PROTOCOLS={upgrades}",
+            self.max_body_bytes, self.allow_underscore_headers
+        )
+    }
+}
+
+/// `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off`, in any case.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A byte of an RFC 9110 §5.6.2 token.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// A duration as a setting takes it: `500ms`, `10s`, `2m`, `1h`.
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -312,6 +401,7 @@ pub struct FixedSettings {
     pub trusted_proxies: Vec<Cidr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub rules: RequestRules,
 }
 
 impl Settings {
@@ -496,6 +586,7 @@ impl FixedSettings {
             trusted_proxies,
             timeouts,
             limits,
+            rules: RequestRules::from_args(args)?,
         })
     }
 }
@@ -604,6 +695,18 @@ mod tests {
             ),
             (&["--max-header-bytes", "100"], "PROXY_MAX_HEADER_BYTES"),
             (&["--max-connections", "0"], "PROXY_MAX_CONNECTIONS"),
+            (
+                &["--allow-underscore-headers", "maybe"],
+                "PROXY_ALLOW_UNDERSCORE_HEADERS",
+            ),
+            (
+                &["--upgrade-protocols", "websocket,h2c"],
+                "PROXY_UPGRADE_PROTOCOLS",
+            ),
+            (
+                &["--upgrade-protocols", "web socket"],
+                "PROXY_UPGRADE_PROTOCOLS",
+            ),
             (&["--redirect-http", ":80"], "PROXY_REDIRECT_HTTP"),
             (&["--admin-listen", "9901"], "PROXY_ADMIN_LISTEN"),
             // The public port, on the same or on every address.
@@ -662,6 +765,34 @@ mod tests {
         }
         let err = parse(&argv(&["--max-headers", "many"]), &env(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::Cli(_)), "{err}");
+    }
+
+    #[test]
+    fn request_rules() {
+        let rules = |flags: &[&str]| {
+            let mut args = vec!["--env-file", "/dev/null"];
+            args.extend_from_slice(flags);
+            let cli = parse(&argv(&args), &env(&[])).unwrap();
+            FixedSettings::from_args(&cli.proxy).unwrap().rules
+        };
+        let default = rules(&[]);
+        assert_eq!(default.max_body_bytes, 10 * 1024 * 1024);
+        assert!(!default.allow_underscore_headers);
+        assert!(default.allows_upgrade("websocket"));
+        assert!(default.allows_upgrade("WebSocket/13"));
+        assert!(!default.allows_upgrade("h2c"));
+        assert!(!default.allows_upgrade("foo"));
+        let set = rules(&[
+            "--allow-underscore-headers=true",
+            "--upgrade-protocols",
+            "websocket, Foo",
+            "--max-body-bytes",
+            "5",
+        ]);
+        assert!(set.allow_underscore_headers);
+        assert!(set.allows_upgrade("foo"));
+        assert_eq!(set.max_body_bytes, 5);
+        assert!(!rules(&["--upgrade-protocols", "none"]).allows_upgrade("websocket"));
     }
 
     #[test]

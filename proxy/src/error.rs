@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::cors::CorsConfigError;
+use crate::metrics::Refused;
 
 /// Exit code for configuration and start-up errors (`EX_USAGE` in sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
@@ -37,16 +38,84 @@ pub enum ProxyError {
     /// More header fields than `PROXY_MAX_HEADERS` (HTTP/1.1 is refused by hyper itself).
     #[error("request has {count} header fields, more than the limit of {limit}")]
     TooManyHeaders { count: usize, limit: usize },
+    /// The client's request is one the proxy does not forward (the client's error, or a feature
+    /// the proxy does not implement).
+    #[error("request refused: {}", .0.label())]
+    Refused(Refused),
+    /// The upstream answered `101` naming a protocol the client did not ask for (or to a request
+    /// that asked for no upgrade): the connection is not turned into a tunnel.
+    #[error("upstream {upstream} switched to {got:?}, which the request did not ask for")]
+    UpgradeMismatch { upstream: String, got: String },
+}
+
+/// Why the client's request body stopped on its way upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Reading it from the client failed: a malformed chunk, or the client went away mid-body.
+    #[error("reading the request body from the client failed: {0}")]
+    Client(#[source] hyper::Error),
+    /// It passed `PROXY_MAX_BODY_BYTES`.
+    #[error("the request body passed the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
 }
 
 impl ProxyError {
+    /// The error for an exchange that failed once the request was (being) sent: the client's
+    /// body, when that is what stopped it (the client's error, not the upstream's), else the
+    /// upstream connection's failure.
+    pub fn exchange_failed(upstream: String, source: hyper::Error) -> ProxyError {
+        let body = std::error::Error::source(&source).and_then(|e| e.downcast_ref::<BodyError>());
+        match body {
+            Some(BodyError::TooLarge { .. }) => ProxyError::Refused(Refused::BodyTooLarge),
+            Some(BodyError::Client(_)) => ProxyError::Refused(Refused::MalformedBody),
+            None => ProxyError::Upstream { upstream, source },
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Unreachable { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UpgradeMismatch { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Refused(refused) => match refused {
+                // RFC 9112 §3.2 (HTTP/1.1) and RFC 9113 §8.3.1 (HTTP/2): 400 for a missing,
+                // repeated, invalid or contradicting Host.
+                Refused::MissingHost
+                | Refused::DuplicateHost
+                | Refused::InvalidHost
+                | Refused::HostMismatch
+                | Refused::AsteriskForm
+                | Refused::MalformedBody => StatusCode::BAD_REQUEST,
+                // RFC 9110 §15.5.6: the method is known and not allowed here.
+                Refused::Method => StatusCode::METHOD_NOT_ALLOWED,
+                // RFC 9112 §6.1: a coding the server does not understand is answered with 501.
+                Refused::TransferCoding => StatusCode::NOT_IMPLEMENTED,
+                Refused::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            },
         }
+    }
+
+    /// Whether the client is to blame (logged at debug, not as a failure of the proxy's).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Refused(_) | ProxyError::TooManyHeaders { .. }
+        )
+    }
+
+    /// Whether the client connection must close after this answer: its request's body may be
+    /// left unread or mis-framed, or an upgrade was half made, and nothing on the connection after
+    /// it can be trusted to start a new message.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpgradeMismatch { .. }
+                | ProxyError::Refused(
+                    Refused::TransferCoding | Refused::BodyTooLarge | Refused::MalformedBody
+                )
+        )
     }
 
     /// A short machine-readable cause for logs and JSON bodies.
@@ -56,6 +125,8 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream_connection_failed",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::TooManyHeaders { .. } => "too_many_headers",
+            ProxyError::UpgradeMismatch { .. } => "upstream_upgrade_mismatch",
+            ProxyError::Refused(refused) => refused.label(),
         }
     }
 
@@ -82,6 +153,11 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.closes_connection() {
+            // hyper closes an HTTP/1.1 connection after a response that says so; HTTP/2 ignores
+            // the field (it is removed there, being connection-specific, RFC 9113 §8.2.2).
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -309,5 +385,23 @@ mod tests {
             too_many.status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+        let cases = [
+            (Refused::MissingHost, 400, false),
+            (Refused::DuplicateHost, 400, false),
+            (Refused::InvalidHost, 400, false),
+            (Refused::HostMismatch, 400, false),
+            (Refused::AsteriskForm, 400, false),
+            (Refused::Method, 405, false),
+            (Refused::TransferCoding, 501, true),
+            (Refused::BodyTooLarge, 413, true),
+            (Refused::MalformedBody, 400, true),
+        ];
+        for (refused, status, closes) in cases {
+            let e = ProxyError::Refused(refused);
+            assert_eq!(e.status().as_u16(), status, "{refused:?}");
+            assert!(e.is_client_error());
+            let response = e.to_response(false);
+            assert_eq!(response.headers().contains_key(CONNECTION), closes);
+        }
     }
 }

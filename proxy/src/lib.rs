@@ -174,6 +174,7 @@ impl Assembled {
             upstream = %reloadable.upstream,
             timeouts = %fixed.timeouts,
             limits = %fixed.limits,
+            rules = %fixed.rules,
             trusted_proxies = %config::format_cidrs(&fixed.trusted_proxies),
             cors = %reloadable.cors,
             hsts = fixed.hsts.is_some(),

@@ -121,6 +121,49 @@ impl ClientTimeout {
     const LABELS: [&'static str; 2] = ["header_read", "idle"];
 }
 
+/// Why the proxy refused a request itself, before or while forwarding it (the status each gets is
+/// [`crate::error::ProxyError::status`]'s to say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No `Host` (HTTP/1.1), or neither `Host` nor `:authority` (HTTP/2).
+    MissingHost,
+    /// More than one `Host` field.
+    DuplicateHost,
+    /// A `Host` (or target authority) that is not a valid `host[:port]`.
+    InvalidHost,
+    /// HTTP/2: `Host` names another authority than `:authority`.
+    HostMismatch,
+    /// `CONNECT` or `TRACE`.
+    Method,
+    /// The asterisk-form target (`*`) with a method other than `OPTIONS`.
+    AsteriskForm,
+    /// A transfer coding other than `chunked` alone.
+    TransferCoding,
+    /// A request body over `PROXY_MAX_BODY_BYTES`.
+    BodyTooLarge,
+    /// A request body whose framing broke (a malformed chunk).
+    MalformedBody,
+}
+
+impl Refused {
+    pub(crate) const LABELS: [&'static str; 9] = [
+        "missing_host",
+        "duplicate_host",
+        "invalid_host",
+        "host_mismatch",
+        "method",
+        "asterisk_form",
+        "transfer_coding",
+        "body_too_large",
+        "malformed_body",
+    ];
+
+    /// The short name logs, metrics and JSON bodies use.
+    pub fn label(self) -> &'static str {
+        Refused::LABELS[self as usize]
+    }
+}
+
 /// What the CORS policy did with a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CorsOutcome {
@@ -195,6 +238,7 @@ pub struct Metrics {
     handshake_failures: [AtomicU64; 3],
     slot_waits: AtomicU64,
     client_timeouts: [AtomicU64; 2],
+    refused: [AtomicU64; 9],
     cors: [AtomicU64; 5],
     cors_refusals: [AtomicU64; 4],
     reloads: [[AtomicU64; 2]; 2],
@@ -233,6 +277,7 @@ impl Metrics {
             handshake_failures: Default::default(),
             slot_waits: AtomicU64::new(0),
             client_timeouts: Default::default(),
+            refused: Default::default(),
             cors: Default::default(),
             cors_refusals: Default::default(),
             reloads: Default::default(),
@@ -337,6 +382,11 @@ impl Metrics {
     /// A client connection was closed by one of its deadlines.
     pub fn client_timeout(&self, timeout: ClientTimeout) {
         add(&self.client_timeouts[timeout as usize]);
+    }
+
+    /// A request the proxy refused itself (see [`Refused`]).
+    pub fn refused(&self, reason: Refused) {
+        add(&self.refused[reason as usize]);
     }
 
     /// What the CORS policy did with a request, and for a refusal (including the ones `browser`

@@ -11,6 +11,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
+use crate::error::BodyError;
 use crate::metrics::Metrics;
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (which lets an
@@ -19,40 +20,58 @@ pub type UpstreamBody = Either<ClientBody, Empty<Bytes>>;
 
 /// The client's request body as it streams upstream. It reports when its last byte has gone,
 /// because the upstream response timeout counts from there: however long an upload takes is the
-/// client's time, not the upstream's. Its bytes are counted as they go.
+/// client's time, not the upstream's. Its bytes are counted as they go, and it fails (which
+/// aborts the upstream request) once they pass the body size limit: a chunked or HTTP/2 body
+/// declares no length that could be refused up front.
 pub struct ClientBody {
     inner: Incoming,
     sent: Option<oneshot::Sender<()>>,
     metrics: Arc<Metrics>,
+    /// Bytes the body may still carry.
+    remaining: u64,
+    limit: u64,
 }
 
 impl ClientBody {
-    /// Wraps the client's body; `sent` (if any) is told when the body has gone in full or failed.
+    /// Wraps the client's body; `sent` (if any) is told when the body has gone in full or failed;
+    /// more than `limit` bytes fail it.
     pub fn new(
         inner: Incoming,
         sent: Option<oneshot::Sender<()>>,
         metrics: Arc<Metrics>,
+        limit: u64,
     ) -> ClientBody {
         ClientBody {
             inner,
             sent,
             metrics,
+            remaining: limit,
+            limit,
         }
     }
 }
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let poll = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut poll = Pin::new(&mut self.inner)
+            .poll_frame(cx)
+            .map_err(BodyError::Client);
         if let Poll::Ready(Some(Ok(frame))) = &poll {
             if let Some(data) = frame.data_ref() {
-                self.metrics.request_body_bytes(data.len() as u64);
+                let n = data.len() as u64;
+                self.metrics.request_body_bytes(n);
+                match self.remaining.checked_sub(n) {
+                    Some(left) => self.remaining = left,
+                    None => {
+                        poll = Poll::Ready(Some(Err(BodyError::TooLarge { limit: self.limit })))
+                    }
+                }
             }
         }
         // The end (or a failure) of the body, whichever the client connection saw first.
