@@ -19,11 +19,15 @@ use tracing::{debug, info, warn};
 
 use super::conn::ClientConn;
 use crate::config::Upstream;
-use crate::cors::{self, RequestInfo, Verdict};
+use crate::cors::{self, RateLimiter, RequestInfo, Verdict};
 use crate::error::{wants_json, ProxyError};
 use crate::forward;
 use crate::metrics::Protocol;
 use crate::upstream::{PooledBody, ResponseTimer};
+
+/// "request failed" lines that may be written in a burst, then per second: an upstream that
+/// fails, or clients that make it fail, must not turn every request into a warning line.
+static FAILURE_LOG: RateLimiter = RateLimiter::new(20.0, 2.0);
 
 /// The status logged for a request whose client went away before a response existed (nginx's).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -252,10 +256,11 @@ fn failed(
     let metrics = &conn.proxy.metrics;
     if e.is_client_error() {
         debug!(cause = e.cause(), error = %e, "request refused");
-    } else if let Some(upstream) = upstream {
-        warn!(upstream = %upstream, cause = e.cause(), error = %e, "request failed");
+    } else if let Some(suppressed) = FAILURE_LOG.admit(std::time::Instant::now()) {
+        let upstream = upstream.map(ToString::to_string);
+        warn!(upstream, cause = e.cause(), error = %e, suppressed, "request failed");
     } else {
-        warn!(cause = e.cause(), error = %e, "request failed");
+        debug!(cause = e.cause(), error = %e, "request failed");
     }
     match &e {
         ProxyError::Refused(refused) => metrics.refused(*refused),
