@@ -34,6 +34,10 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: &str = "10s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "30s";
 /// A client connection with no request in flight is closed after this time.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "60s";
+/// Once a request body has started, its next bytes must come within this time (else 408).
+pub const DEFAULT_BODY_READ_TIMEOUT: &str = "30s";
+/// Writing a response to a client must make progress within this time (else it is closed).
+pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
 /// Connecting to the upstream must succeed within this time.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
 /// The upstream must send its response head within this time (else 504).
@@ -162,6 +166,14 @@ pub struct ProxyArgs {
     /// A client connection with no request in flight is closed after this time.
     #[arg(long, env = "PROXY_CLIENT_IDLE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_CLIENT_IDLE_TIMEOUT)]
     pub client_idle_timeout: String,
+    /// Longest wait for the next bytes of a request body (from the head or the last bytes); then
+    /// 408, the connection closed and the upstream request aborted.
+    #[arg(long, env = "PROXY_BODY_READ_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_BODY_READ_TIMEOUT)]
+    pub body_read_timeout: String,
+    /// Longest wait for a client to take more of a response (HTTP/1.1: a write that makes no
+    /// progress); then the connection is closed and its upstream connection released.
+    #[arg(long, env = "PROXY_SEND_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_SEND_TIMEOUT)]
+    pub send_timeout: String,
     /// Upstream connect timeout.
     #[arg(long, env = "PROXY_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT)]
     pub upstream_connect_timeout: String,

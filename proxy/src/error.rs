@@ -42,6 +42,9 @@ pub enum ProxyError {
     /// the proxy does not implement).
     #[error("request refused: {}", .0.label())]
     Refused(Refused),
+    /// The client's request body stalled (phase `body_read`).
+    #[error("no request body bytes from the client within {timeout:?}")]
+    BodyReadTimeout { timeout: Duration },
     /// The upstream answered `101` naming a protocol the client did not ask for (or to a request
     /// that asked for no upgrade): the connection is not turned into a tunnel.
     #[error("upstream {upstream} switched to {got:?}, which the request did not ask for")]
@@ -57,6 +60,9 @@ pub enum BodyError {
     /// It passed `PROXY_MAX_BODY_BYTES`.
     #[error("the request body passed the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// No bytes of it came within `PROXY_BODY_READ_TIMEOUT`.
+    #[error("no request body bytes within {timeout:?}")]
+    ReadTimeout { timeout: Duration },
 }
 
 impl ProxyError {
@@ -68,6 +74,9 @@ impl ProxyError {
         match body {
             Some(BodyError::TooLarge { .. }) => ProxyError::Refused(Refused::BodyTooLarge),
             Some(BodyError::Client(_)) => ProxyError::Refused(Refused::MalformedBody),
+            Some(BodyError::ReadTimeout { timeout }) => {
+                ProxyError::BodyReadTimeout { timeout: *timeout }
+            }
             None => ProxyError::Upstream { upstream, source },
         }
     }
@@ -79,6 +88,8 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::UpgradeMismatch { .. } => StatusCode::BAD_GATEWAY,
+            // RFC 9110 §15.5.9: the server would not wait longer for the request.
+            ProxyError::BodyReadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Refused(refused) => match refused {
                 // RFC 9112 §3.2 (HTTP/1.1) and RFC 9113 §8.3.1 (HTTP/2): 400 for a missing,
                 // repeated, invalid or contradicting Host.
@@ -101,7 +112,9 @@ impl ProxyError {
     pub fn is_client_error(&self) -> bool {
         matches!(
             self,
-            ProxyError::Refused(_) | ProxyError::TooManyHeaders { .. }
+            ProxyError::Refused(_)
+                | ProxyError::TooManyHeaders { .. }
+                | ProxyError::BodyReadTimeout { .. }
         )
     }
 
@@ -112,6 +125,7 @@ impl ProxyError {
         matches!(
             self,
             ProxyError::UpgradeMismatch { .. }
+                | ProxyError::BodyReadTimeout { .. }
                 | ProxyError::Refused(
                     Refused::TransferCoding | Refused::BodyTooLarge | Refused::MalformedBody
                 )
@@ -126,6 +140,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::TooManyHeaders { .. } => "too_many_headers",
             ProxyError::UpgradeMismatch { .. } => "upstream_upgrade_mismatch",
+            ProxyError::BodyReadTimeout { .. } => "body_read_timeout",
             ProxyError::Refused(refused) => refused.label(),
         }
     }

@@ -115,10 +115,14 @@ pub enum ClientTimeout {
     HeaderRead,
     /// No request within `PROXY_CLIENT_IDLE_TIMEOUT`.
     Idle,
+    /// No request body bytes within `PROXY_BODY_READ_TIMEOUT` (408).
+    BodyRead,
+    /// No progress writing to the client within `PROXY_SEND_TIMEOUT`.
+    Send,
 }
 
 impl ClientTimeout {
-    const LABELS: [&'static str; 2] = ["header_read", "idle"];
+    const LABELS: [&'static str; 4] = ["header_read", "idle", "body_read", "send"];
 }
 
 /// Why the proxy refused a request itself, before or while forwarding it (the status each gets is
@@ -237,7 +241,7 @@ pub struct Metrics {
     handshakes: [AtomicU64; 3],
     handshake_failures: [AtomicU64; 3],
     slot_waits: AtomicU64,
-    client_timeouts: [AtomicU64; 2],
+    client_timeouts: [AtomicU64; 4],
     refused: [AtomicU64; 9],
     cors: [AtomicU64; 5],
     cors_refusals: [AtomicU64; 4],

@@ -94,6 +94,7 @@ pub async fn forward(
                 None,
                 pool.metrics().clone(),
                 rules.max_body_bytes,
+                timeouts.body_read,
             )),
             None,
         )
@@ -105,6 +106,7 @@ pub async fn forward(
                 Some(sent),
                 pool.metrics().clone(),
                 rules.max_body_bytes,
+                timeouts.body_read,
             )),
             Some(body_sent),
         )

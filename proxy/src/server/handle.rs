@@ -22,7 +22,7 @@ use crate::config::Upstream;
 use crate::cors::{self, RateLimiter, RequestInfo, Verdict};
 use crate::error::{wants_json, ProxyError};
 use crate::forward;
-use crate::metrics::Protocol;
+use crate::metrics::{ClientTimeout, Protocol};
 use crate::upstream::{PooledBody, ResponseTimer};
 
 /// "request failed" lines that may be written in a burst, then per second: an upstream that
@@ -264,6 +264,7 @@ fn failed(
     }
     match &e {
         ProxyError::Refused(refused) => metrics.refused(*refused),
+        ProxyError::BodyReadTimeout { .. } => metrics.client_timeout(ClientTimeout::BodyRead),
         e if e.status() == StatusCode::BAD_GATEWAY => metrics.gateway_error(false),
         e if e.status() == StatusCode::GATEWAY_TIMEOUT => metrics.gateway_error(true),
         _ => {}
