@@ -21,7 +21,8 @@
 //!
 //! # Around the request path
 //! [`cli`] reads flags, environment and `.env`; [`config`] validates them into settings;
-//! [`build`] assembles a proxy from them (used by the binary and by the tests); [`signal`] turns
+//! [`build`] assembles a proxy from them (used by the binary and by the tests); [`fdlimit`] raises
+//! the open-files limit at start; [`signal`] turns
 //! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
 //! subcommands (`proxy cert`, `proxy healthcheck`). [`metrics`] holds the counters every step
 //! above adds to, which the optional admin listener ([`server::admin`]) serves with liveness and
@@ -39,6 +40,7 @@ pub mod config;
 pub mod cors;
 pub mod envfile;
 pub mod error;
+pub mod fdlimit;
 pub mod forward;
 pub mod metrics;
 pub mod server;
