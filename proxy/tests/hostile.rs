@@ -264,6 +264,29 @@ fn cases() -> Vec<Case> {
             upstream: Nothing,
         },
         Case {
+            name: "Content-Length with Transfer-Encoding: chunked framing wins, the length is dropped",
+            request: "POST /collect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            status: 200,
+            body: Some("5"),
+            upstream: Got {
+                uri: "/collect",
+                fields: &[
+                    ("content-length", None),
+                    ("transfer-encoding", Some("chunked")),
+                ],
+            },
+        },
+        Case {
+            name: "bare LF line ends",
+            request: "GET /lf HTTP/1.1\nHost: localhost\nConnection: close\n\n",
+            status: 200,
+            body: None,
+            upstream: Got {
+                uri: "/lf",
+                fields: &[("host", Some("localhost"))],
+            },
+        },
+        Case {
             name: "a NUL in a value",
             request: "GET / HTTP/1.1\r\nHost: localhost\r\nX-A: a\0b\r\n\r\n",
             status: 400,
