@@ -58,6 +58,8 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Maximum idle pooled upstream connections.
 pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 256;
+/// Maximum upstream connections open at once (pooled, in use, or still finishing an exchange).
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
 /// Maximum request body size in bytes (10 MiB): larger bodies are answered with 413.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// The `Upgrade` protocols forwarded (comma-separated; `none` for no upgrades at all).
@@ -193,6 +195,10 @@ pub struct ProxyArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "PROXY_CERT_WATCH_INTERVAL", value_name = "DURATION", default_value = DEFAULT_CERT_WATCH_INTERVAL)]
     pub cert_watch_interval: String,
+    /// Maximum upstream connections open at once; a request that needs one more waits for a free
+    /// one up to the upstream connect timeout, then gets 503.
+    #[arg(long, env = "PROXY_UPSTREAM_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_UPSTREAM_MAX_CONNECTIONS)]
+    pub upstream_max_connections: usize,
     /// Maximum concurrent client connections.
     #[arg(long, env = "PROXY_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,

@@ -227,6 +227,7 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub upstream_max_idle: usize,
+    pub upstream_max_connections: usize,
 }
 
 /// What the proxy accepts from clients and passes on (besides the limits on heads).
@@ -357,8 +358,12 @@ impl std::fmt::Display for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "PROXY_MAX_CONNECTIONS={} PROXY_MAX_HEADER_BYTES={} PROXY_MAX_HEADERS={} PROXY_UPSTREAM_MAX_IDLE={}",
-            self.max_connections, self.max_header_bytes, self.max_headers, self.upstream_max_idle
+            "PROXY_MAX_CONNECTIONS={} PROXY_MAX_HEADER_BYTES={} PROXY_MAX_HEADERS={} PROXY_UPSTREAM_MAX_IDLE={} PROXY_UPSTREAM_MAX_CONNECTIONS={}",
+            self.max_connections,
+            self.max_header_bytes,
+            self.max_headers,
+            self.upstream_max_idle,
+            self.upstream_max_connections
         )
     }
 }
@@ -565,6 +570,10 @@ impl FixedSettings {
             max_header_bytes: args.max_header_bytes,
             max_headers: positive("PROXY_MAX_HEADERS", args.max_headers)?,
             upstream_max_idle: args.upstream_max_idle,
+            upstream_max_connections: positive(
+                "PROXY_UPSTREAM_MAX_CONNECTIONS",
+                args.upstream_max_connections,
+            )?,
         };
         if limits.max_header_bytes < MIN_HEADER_BYTES {
             return Err(invalid(
@@ -577,6 +586,13 @@ impl FixedSettings {
             return Err(invalid(
                 "PROXY_MAX_CONNECTIONS",
                 &limits.max_connections.to_string(),
+                "too large",
+            ));
+        }
+        if limits.upstream_max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(invalid(
+                "PROXY_UPSTREAM_MAX_CONNECTIONS",
+                &limits.upstream_max_connections.to_string(),
                 "too large",
             ));
         }
@@ -701,6 +717,10 @@ mod tests {
             ),
             (&["--max-header-bytes", "100"], "PROXY_MAX_HEADER_BYTES"),
             (&["--max-connections", "0"], "PROXY_MAX_CONNECTIONS"),
+            (
+                &["--upstream-max-connections", "0"],
+                "PROXY_UPSTREAM_MAX_CONNECTIONS",
+            ),
             (
                 &["--allow-underscore-headers", "maybe"],
                 "PROXY_ALLOW_UNDERSCORE_HEADERS",

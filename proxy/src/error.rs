@@ -84,6 +84,11 @@ impl ProxyError {
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
+            // The upstream is up, only busy beyond the cap: a retry later may succeed.
+            ProxyError::Unreachable {
+                source: ConnectError::Saturated { .. },
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -135,6 +140,10 @@ impl ProxyError {
     /// A short machine-readable cause for logs and JSON bodies.
     pub fn cause(&self) -> &'static str {
         match self {
+            ProxyError::Unreachable {
+                source: ConnectError::Saturated { .. },
+                ..
+            } => "upstream_saturated",
             ProxyError::Unreachable { .. } => "upstream_unreachable",
             ProxyError::Upstream { .. } => "upstream_connection_failed",
             ProxyError::Timeout { .. } => "upstream_timeout",
@@ -222,6 +231,8 @@ pub enum ConnectError {
     Timeout(Duration),
     /// The HTTP/1.1 connection could not be set up.
     Handshake(hyper::Error),
+    /// `PROXY_UPSTREAM_MAX_CONNECTIONS` were open and none came free within the wait.
+    Saturated { limit: usize, waited: Duration },
 }
 
 impl std::fmt::Display for ConnectError {
@@ -258,6 +269,10 @@ impl std::fmt::Display for ConnectError {
                 )
             }
             ConnectError::Handshake(e) => write!(f, "HTTP/1.1 connection set-up failed: {e}"),
+            ConnectError::Saturated { limit, waited } => write!(
+                f,
+                "all {limit} upstream connections (PROXY_UPSTREAM_MAX_CONNECTIONS) busy for {waited:?}"
+            ),
         }
     }
 }
@@ -269,7 +284,9 @@ impl std::error::Error for ConnectError {
                 Some(e)
             }
             ConnectError::Handshake(e) => Some(e),
-            ConnectError::NoAddress | ConnectError::Timeout(_) => None,
+            ConnectError::NoAddress | ConnectError::Timeout(_) | ConnectError::Saturated { .. } => {
+                None
+            }
         }
     }
 }

@@ -11,13 +11,11 @@ use crate::config::Limits;
 /// files being read, the runtime's own.
 const RESERVED_FDS: u64 = 64;
 
-/// The descriptors the limits can hold open at once: each client connection, the upstream
-/// connection each may have in flight, the idle pool, and [`RESERVED_FDS`].
+/// The descriptors the limits can hold open at once: each client connection, every upstream
+/// connection (in use or idle in the pool), and [`RESERVED_FDS`].
 pub fn needed(limits: &Limits) -> u64 {
-    let clients = limits.max_connections as u64;
-    clients
-        .saturating_mul(2)
-        .saturating_add(limits.upstream_max_idle as u64)
+    (limits.max_connections as u64)
+        .saturating_add(limits.upstream_max_connections as u64)
         .saturating_add(RESERVED_FDS)
 }
 
@@ -38,10 +36,10 @@ pub fn raise_and_check(limits: &Limits) {
                     open_files = soft,
                     needed = need,
                     max_connections = limits.max_connections,
-                    upstream_max_idle = limits.upstream_max_idle,
+                    upstream_max_connections = limits.upstream_max_connections,
                     "the open-files limit cannot hold PROXY_MAX_CONNECTIONS client connections \
-                     with their upstream connections: lower PROXY_MAX_CONNECTIONS or raise the \
-                     hard limit (ulimit -Hn, docker --ulimit nofile=...)"
+                     and PROXY_UPSTREAM_MAX_CONNECTIONS upstream connections: lower them or raise \
+                     the hard limit (ulimit -Hn, docker --ulimit nofile=...)"
                 );
             }
         }
@@ -60,13 +58,14 @@ mod tests {
             max_header_bytes: 65536,
             max_headers: 100,
             upstream_max_idle: 256,
+            upstream_max_connections: 1024,
         };
         // The default limits do not fit the common soft limit of 1,024.
-        assert_eq!(needed(&limits), 4096 * 2 + 256 + 64);
+        assert_eq!(needed(&limits), 4096 + 1024 + 64);
         assert!(needed(&limits) > 1024);
         let small = Limits {
-            max_connections: 400,
-            upstream_max_idle: 64,
+            max_connections: 600,
+            upstream_max_connections: 300,
             ..limits
         };
         assert!(needed(&small) <= 1024);

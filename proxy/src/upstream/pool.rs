@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::connect::connect;
@@ -27,6 +28,10 @@ use crate::metrics::{ConnectFailure, Metrics};
 /// The pool. One per process, shared by all client connections.
 pub struct Pool {
     state: Mutex<State>,
+    /// One permit per upstream connection open (`PROXY_UPSTREAM_MAX_CONNECTIONS`), held by the
+    /// connection until it ends.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
@@ -62,6 +67,8 @@ impl Pool {
                 idle: VecDeque::new(),
                 reaping: false,
             }),
+            slots: Arc::new(Semaphore::new(limits.upstream_max_connections)),
+            max_connections: limits.upstream_max_connections,
             connect_timeout: timeouts.upstream_connect,
             idle_timeout: timeouts.upstream_idle,
             max_idle: limits.upstream_max_idle,
@@ -92,14 +99,32 @@ impl Pool {
         })
     }
 
-    /// A new connection, never a pooled one.
+    /// A new connection, never a pooled one. With `PROXY_UPSTREAM_MAX_CONNECTIONS` open, it waits
+    /// for one to end, up to the connect timeout (one HTTP/2 client could otherwise open an
+    /// upstream connection per stream, thousands of them). A full pool is not a failing upstream:
+    /// it is not counted as a connect failure (which readiness reads).
     pub async fn connect(&self, upstream: &Upstream) -> Result<UpstreamConn, ConnectError> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = self.connect_timeout;
+                match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        return Err(ConnectError::Saturated {
+                            limit: self.max_connections,
+                            waited: wait,
+                        })
+                    }
+                }
+            }
+        };
         let result = connect(upstream, self.connect_timeout).await;
         match &result {
             Ok(_) => self.metrics.upstream_opened(),
             Err(e) => self.metrics.upstream_failed(failure_cause(e)),
         }
-        result
+        result.map(|conn| conn.holding(permit))
     }
 
     /// The pool's state. A panic elsewhere while the lock was held cannot leave it inconsistent
@@ -191,7 +216,7 @@ fn failure_cause(error: &ConnectError) -> ConnectFailure {
         ConnectError::Resolve(_) | ConnectError::NoAddress => ConnectFailure::Dns,
         ConnectError::Connect(_, e) | ConnectError::Socket(_, e) => ConnectFailure::of_io(e),
         ConnectError::Timeout(_) => ConnectFailure::Timeout,
-        ConnectError::Handshake(_) => ConnectFailure::Other,
+        ConnectError::Handshake(_) | ConnectError::Saturated { .. } => ConnectFailure::Other,
     }
 }
 
