@@ -125,8 +125,8 @@ impl ClientTimeout {
     const LABELS: [&'static str; 4] = ["header_read", "idle", "body_read", "send"];
 }
 
-/// Why the proxy refused a request itself, before or while forwarding it (the status each gets is
-/// [`crate::error::ProxyError::status`]'s to say).
+/// Why the proxy refused a request itself, before or while forwarding it (the status each gets
+/// is decided where errors map to statuses, `error.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// No `Host` (HTTP/1.1), or neither `Host` nor `:authority` (HTTP/2).
