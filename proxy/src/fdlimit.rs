@@ -12,7 +12,7 @@ use crate::config::Limits;
 const RESERVED_FDS: u64 = 64;
 
 /// The descriptors the limits can hold open at once: each client connection, every upstream
-/// connection (in use or idle in the pool), and [`RESERVED_FDS`].
+/// connection (in use or idle in the pool), and a reserve for everything else.
 pub fn needed(limits: &Limits) -> u64 {
     (limits.max_connections as u64)
         .saturating_add(limits.upstream_max_connections as u64)

@@ -8,7 +8,7 @@
 //!    One client connection's deadlines (header read, idle) are kept on one timer per connection.
 //! 2. Each request goes to the server's handler, which reads the reloadable settings (upstream and
 //!    CORS policy, swapped atomically on reload, [`server::state`]) without a lock.
-//! 3. [`forward::admit`] refuses what is never forwarded (a missing, repeated or contradicting
+//! 3. [`forward::admit()`] refuses what is never forwarded (a missing, repeated or contradicting
 //!    `Host`, `CONNECT`/`TRACE`, unknown transfer codings, a declared body over the limit); then
 //!    [`cors::evaluate`] decides, with no I/O: answer now (preflight, refusal) or forward with
 //!    CORS headers to add to the response.

@@ -108,7 +108,7 @@ impl HeaderScan {
     const FORWARDED: u16 = 1 << 10;
     /// Any of [`SPOOFABLE`].
     const SPOOFABLE: u16 = 1 << 11;
-    /// Any field whose name contains `_` (see [`drop_underscored`]).
+    /// Any field whose name contains `_` (dropped before forwarding unless allowed).
     pub const UNDERSCORE: u16 = 1 << 12;
 
     pub fn scan(headers: &HeaderMap) -> HeaderScan {
