@@ -35,6 +35,10 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: &str = "10s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "30s";
 /// A client connection with no request in flight is closed after this time.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: &str = "60s";
+/// Once a request body has started, its next bytes must come within this time (else 408).
+pub const DEFAULT_BODY_READ_TIMEOUT: &str = "30s";
+/// Writing a response to a client must make progress within this time (else it is closed).
+pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
 /// Connecting to the upstream must succeed within this time.
 pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
 /// The upstream must send its response head within this time (else 504).
@@ -55,6 +59,12 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Maximum idle pooled upstream connections.
 pub const DEFAULT_UPSTREAM_MAX_IDLE: usize = 256;
+/// Maximum upstream connections open at once (pooled, in use, or still finishing an exchange).
+pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 1024;
+/// Maximum request body size in bytes (10 MiB): larger bodies are answered with 413.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// The `Upgrade` protocols forwarded (comma-separated; `none` for no upgrades at all).
+pub const DEFAULT_UPGRADE_PROTOCOLS: &str = "websocket";
 
 /// The proxy's default listener as seen from inside its own container.
 pub const DEFAULT_HEALTHCHECK_ADDR: &str = "127.0.0.1:8443";
@@ -164,6 +174,14 @@ pub struct ProxyArgs {
     /// A client connection with no request in flight is closed after this time.
     #[arg(long, env = "PROXY_CLIENT_IDLE_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_CLIENT_IDLE_TIMEOUT)]
     pub client_idle_timeout: String,
+    /// Longest wait for the next bytes of a request body (from the head or the last bytes); then
+    /// 408, the connection closed and the upstream request aborted.
+    #[arg(long, env = "PROXY_BODY_READ_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_BODY_READ_TIMEOUT)]
+    pub body_read_timeout: String,
+    /// Longest wait for a client to take more of a response (HTTP/1.1: a write that makes no
+    /// progress); then the connection is closed and its upstream connection released.
+    #[arg(long, env = "PROXY_SEND_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_SEND_TIMEOUT)]
+    pub send_timeout: String,
     /// Upstream connect timeout.
     #[arg(long, env = "PROXY_UPSTREAM_CONNECT_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_UPSTREAM_CONNECT_TIMEOUT)]
     pub upstream_connect_timeout: String,
@@ -183,6 +201,10 @@ pub struct ProxyArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "PROXY_CERT_WATCH_INTERVAL", value_name = "DURATION", default_value = DEFAULT_CERT_WATCH_INTERVAL)]
     pub cert_watch_interval: String,
+    /// Maximum upstream connections open at once; a request that needs one more waits for a free
+    /// one up to the upstream connect timeout, then gets 503.
+    #[arg(long, env = "PROXY_UPSTREAM_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_UPSTREAM_MAX_CONNECTIONS)]
+    pub upstream_max_connections: usize,
     /// Maximum concurrent client connections.
     #[arg(long, env = "PROXY_MAX_CONNECTIONS", value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
@@ -192,6 +214,18 @@ pub struct ProxyArgs {
     /// Maximum number of request header fields.
     #[arg(long, env = "PROXY_MAX_HEADERS", value_name = "N", default_value_t = DEFAULT_MAX_HEADERS)]
     pub max_headers: usize,
+    /// Maximum request body size in bytes; a larger declared body gets 413 at once, a streamed
+    /// one is cut (and its upstream request aborted) when it passes the limit [default: 10 MiB].
+    #[arg(long, env = "PROXY_MAX_BODY_BYTES", value_name = "BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: u64,
+    /// Forward header fields whose names contain `_` (dropped by default: CGI-style apps read
+    /// `X_Forwarded_For` as `X-Forwarded-For`): true/false [default: false]
+    #[arg(long, env = "PROXY_ALLOW_UNDERSCORE_HEADERS", value_name = "BOOL")]
+    pub allow_underscore_headers: Option<String>,
+    /// `Upgrade` protocols forwarded to the upstream, comma-separated, or `none`; any other
+    /// is removed from the request (`h2c` is never accepted).
+    #[arg(long, env = "PROXY_UPGRADE_PROTOCOLS", value_name = "LIST", default_value = DEFAULT_UPGRADE_PROTOCOLS)]
+    pub upgrade_protocols: String,
     #[command(flatten)]
     pub client_auth: ClientAuthArgs,
     #[command(flatten)]

@@ -213,6 +213,8 @@ pub struct Timeouts {
     pub tls_handshake: Duration,
     pub header_read: Duration,
     pub client_idle: Duration,
+    pub body_read: Duration,
+    pub send: Duration,
     pub upstream_connect: Duration,
     pub upstream_response: Duration,
     pub upstream_idle: Duration,
@@ -227,6 +229,96 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub upstream_max_idle: usize,
+    pub upstream_max_connections: usize,
+}
+
+/// What the proxy accepts from clients and passes on (besides the limits on heads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRules {
+    /// Largest request body in bytes (`PROXY_MAX_BODY_BYTES`).
+    pub max_body_bytes: u64,
+    /// Header fields with `_` in their names are forwarded (`PROXY_ALLOW_UNDERSCORE_HEADERS`).
+    pub allow_underscore_headers: bool,
+    /// `Upgrade` protocol names forwarded, lower case (`PROXY_UPGRADE_PROTOCOLS`).
+    pub upgrade_protocols: Vec<String>,
+}
+
+impl RequestRules {
+    /// Whether `protocol` (an `Upgrade` token, `name[/version]`) may be forwarded.
+    pub fn allows_upgrade(&self, protocol: &str) -> bool {
+        let name = protocol.split('/').next().unwrap_or("").trim();
+        self.upgrade_protocols
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name))
+    }
+
+    fn from_args(args: &ProxyArgs) -> Result<RequestRules, ConfigError> {
+        const UPGRADES: &str = "PROXY_UPGRADE_PROTOCOLS";
+        let allow_underscore_headers = match args.allow_underscore_headers.as_deref() {
+            None => false,
+            Some(v) => parse_bool(v)
+                .ok_or_else(|| invalid("PROXY_ALLOW_UNDERSCORE_HEADERS", v, "use true or false"))?,
+        };
+        let list = args.upgrade_protocols.trim();
+        let mut upgrade_protocols = Vec::new();
+        if !list.eq_ignore_ascii_case("none") {
+            for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if !name.bytes().all(is_token_byte) {
+                    return Err(invalid(
+                        UPGRADES,
+                        name,
+                        "use protocol names (RFC 9110 tokens) separated by commas, e.g. websocket",
+                    ));
+                }
+                // h2c is HTTP/2 in clear text: after it the connection would be a raw tunnel past
+                // the proxy's per-request rules (RFC 9113 §3.1 removed the upgrade to it).
+                if name.eq_ignore_ascii_case("h2c") {
+                    return Err(invalid(
+                        UPGRADES,
+                        name,
+                        "h2c is never forwarded: it would turn the connection into a tunnel \
+                         that bypasses the proxy's per-request rules",
+                    ));
+                }
+                upgrade_protocols.push(name.to_ascii_lowercase());
+            }
+        }
+        Ok(RequestRules {
+            max_body_bytes: args.max_body_bytes,
+            allow_underscore_headers,
+            upgrade_protocols,
+        })
+    }
+}
+
+/// The rules as the settings a user would type.
+impl std::fmt::Display for RequestRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let upgrades = if self.upgrade_protocols.is_empty() {
+            "none".to_owned()
+        } else {
+            self.upgrade_protocols.join(",")
+        };
+        write!(
+            f,
+            "PROXY_MAX_BODY_BYTES={} PROXY_ALLOW_UNDERSCORE_HEADERS={} PROXY_UPGRADE_PROTOCOLS={upgrades}",
+            self.max_body_bytes, self.allow_underscore_headers
+        )
+    }
+}
+
+/// `true`/`1`/`yes`/`on` or `false`/`0`/`no`/`off`, in any case.
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A byte of an RFC 9110 §5.6.2 token.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A duration as a setting takes it: `500ms`, `10s`, `2m`, `1h`.
@@ -247,11 +339,15 @@ impl std::fmt::Display for Timeouts {
             ("PROXY_TLS_HANDSHAKE_TIMEOUT", self.tls_handshake),
             ("PROXY_HEADER_READ_TIMEOUT", self.header_read),
             ("PROXY_CLIENT_IDLE_TIMEOUT", self.client_idle),
+            ("PROXY_BODY_READ_TIMEOUT", self.body_read),
+            ("PROXY_SEND_TIMEOUT", self.send),
             ("PROXY_UPSTREAM_CONNECT_TIMEOUT", self.upstream_connect),
             ("PROXY_UPSTREAM_RESPONSE_TIMEOUT", self.upstream_response),
             ("PROXY_UPSTREAM_IDLE_TIMEOUT", self.upstream_idle),
             ("PROXY_SHUTDOWN_GRACE", self.shutdown_grace),
             ("PROXY_CERT_WATCH_INTERVAL", self.cert_watch_interval),
+            ("PROXY_BODY_READ_TIMEOUT", self.body_read),
+            ("PROXY_SEND_TIMEOUT", self.send),
         ];
         for (i, (name, value)) in settings.into_iter().enumerate() {
             let sep = if i == 0 { "" } else { " " };
@@ -266,8 +362,12 @@ impl std::fmt::Display for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "PROXY_MAX_CONNECTIONS={} PROXY_MAX_HEADER_BYTES={} PROXY_MAX_HEADERS={} PROXY_UPSTREAM_MAX_IDLE={}",
-            self.max_connections, self.max_header_bytes, self.max_headers, self.upstream_max_idle
+            "PROXY_MAX_CONNECTIONS={} PROXY_MAX_HEADER_BYTES={} PROXY_MAX_HEADERS={} PROXY_UPSTREAM_MAX_IDLE={} PROXY_UPSTREAM_MAX_CONNECTIONS={}",
+            self.max_connections,
+            self.max_header_bytes,
+            self.max_headers,
+            self.upstream_max_idle,
+            self.upstream_max_connections
         )
     }
 }
@@ -320,6 +420,7 @@ pub struct FixedSettings {
     pub limits: Limits,
     /// Client-certificate verification (mutual TLS), when `PROXY_CLIENT_CA` is set.
     pub client_auth: Option<ClientAuthSettings>,
+    pub rules: RequestRules,
 }
 
 impl Settings {
@@ -472,6 +573,8 @@ impl FixedSettings {
             tls_handshake: duration("PROXY_TLS_HANDSHAKE_TIMEOUT", &args.tls_handshake_timeout)?,
             header_read: duration("PROXY_HEADER_READ_TIMEOUT", &args.header_read_timeout)?,
             client_idle: duration("PROXY_CLIENT_IDLE_TIMEOUT", &args.client_idle_timeout)?,
+            body_read: duration("PROXY_BODY_READ_TIMEOUT", &args.body_read_timeout)?,
+            send: duration("PROXY_SEND_TIMEOUT", &args.send_timeout)?,
             upstream_connect: duration(
                 "PROXY_UPSTREAM_CONNECT_TIMEOUT",
                 &args.upstream_connect_timeout,
@@ -489,6 +592,10 @@ impl FixedSettings {
             max_header_bytes: args.max_header_bytes,
             max_headers: positive("PROXY_MAX_HEADERS", args.max_headers)?,
             upstream_max_idle: args.upstream_max_idle,
+            upstream_max_connections: positive(
+                "PROXY_UPSTREAM_MAX_CONNECTIONS",
+                args.upstream_max_connections,
+            )?,
         };
         if limits.max_header_bytes < MIN_HEADER_BYTES {
             return Err(invalid(
@@ -501,6 +608,13 @@ impl FixedSettings {
             return Err(invalid(
                 "PROXY_MAX_CONNECTIONS",
                 &limits.max_connections.to_string(),
+                "too large",
+            ));
+        }
+        if limits.upstream_max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(invalid(
+                "PROXY_UPSTREAM_MAX_CONNECTIONS",
+                &limits.upstream_max_connections.to_string(),
                 "too large",
             ));
         }
@@ -519,6 +633,7 @@ impl FixedSettings {
             timeouts,
             limits,
             client_auth: ClientAuthSettings::from_args(&args.client_auth)?,
+            rules: RequestRules::from_args(args)?,
         })
     }
 }
@@ -632,6 +747,22 @@ mod tests {
             ),
             (&["--max-header-bytes", "100"], "PROXY_MAX_HEADER_BYTES"),
             (&["--max-connections", "0"], "PROXY_MAX_CONNECTIONS"),
+            (
+                &["--upstream-max-connections", "0"],
+                "PROXY_UPSTREAM_MAX_CONNECTIONS",
+            ),
+            (
+                &["--allow-underscore-headers", "maybe"],
+                "PROXY_ALLOW_UNDERSCORE_HEADERS",
+            ),
+            (
+                &["--upgrade-protocols", "websocket,h2c"],
+                "PROXY_UPGRADE_PROTOCOLS",
+            ),
+            (
+                &["--upgrade-protocols", "web socket"],
+                "PROXY_UPGRADE_PROTOCOLS",
+            ),
             (&["--redirect-http", ":80"], "PROXY_REDIRECT_HTTP"),
             (&["--admin-listen", "9901"], "PROXY_ADMIN_LISTEN"),
             // The public port, on the same or on every address.
@@ -690,6 +821,34 @@ mod tests {
         }
         let err = parse(&argv(&["--max-headers", "many"]), &env(&[])).unwrap_err();
         assert!(matches!(err, ConfigError::Cli(_)), "{err}");
+    }
+
+    #[test]
+    fn request_rules() {
+        let rules = |flags: &[&str]| {
+            let mut args = vec!["--env-file", "/dev/null"];
+            args.extend_from_slice(flags);
+            let cli = parse(&argv(&args), &env(&[])).unwrap();
+            FixedSettings::from_args(&cli.proxy).unwrap().rules
+        };
+        let default = rules(&[]);
+        assert_eq!(default.max_body_bytes, 10 * 1024 * 1024);
+        assert!(!default.allow_underscore_headers);
+        assert!(default.allows_upgrade("websocket"));
+        assert!(default.allows_upgrade("WebSocket/13"));
+        assert!(!default.allows_upgrade("h2c"));
+        assert!(!default.allows_upgrade("foo"));
+        let set = rules(&[
+            "--allow-underscore-headers=true",
+            "--upgrade-protocols",
+            "websocket, Foo",
+            "--max-body-bytes",
+            "5",
+        ]);
+        assert!(set.allow_underscore_headers);
+        assert!(set.allows_upgrade("foo"));
+        assert_eq!(set.max_body_bytes, 5);
+        assert!(!rules(&["--upgrade-protocols", "none"]).allows_upgrade("websocket"));
     }
 
     #[test]

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{ACCEPT, CACHE_CONTROL, CONNECTION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::cors::CorsConfigError;
+use crate::metrics::Refused;
 
 /// Exit code for configuration and start-up errors (`EX_USAGE` in sysexits.h).
 pub const EXIT_CONFIG: u8 = 64;
@@ -37,25 +38,119 @@ pub enum ProxyError {
     /// More header fields than `PROXY_MAX_HEADERS` (HTTP/1.1 is refused by hyper itself).
     #[error("request has {count} header fields, more than the limit of {limit}")]
     TooManyHeaders { count: usize, limit: usize },
+    /// The client's request is one the proxy does not forward (the client's error, or a feature
+    /// the proxy does not implement).
+    #[error("request refused: {}", .0.label())]
+    Refused(Refused),
+    /// The client's request body stalled (phase `body_read`).
+    #[error("no request body bytes from the client within {timeout:?}")]
+    BodyReadTimeout { timeout: Duration },
+    /// The upstream answered `101` naming a protocol the client did not ask for (or to a request
+    /// that asked for no upgrade): the connection is not turned into a tunnel.
+    #[error("upstream {upstream} switched to {got:?}, which the request did not ask for")]
+    UpgradeMismatch { upstream: String, got: String },
+}
+
+/// Why the client's request body stopped on its way upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Reading it from the client failed: a malformed chunk, or the client went away mid-body.
+    #[error("reading the request body from the client failed: {0}")]
+    Client(#[source] hyper::Error),
+    /// It passed `PROXY_MAX_BODY_BYTES`.
+    #[error("the request body passed the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    /// No bytes of it came within `PROXY_BODY_READ_TIMEOUT`.
+    #[error("no request body bytes within {timeout:?}")]
+    ReadTimeout { timeout: Duration },
 }
 
 impl ProxyError {
+    /// The error for an exchange that failed once the request was (being) sent: the client's
+    /// body, when that is what stopped it (the client's error, not the upstream's), else the
+    /// upstream connection's failure.
+    pub fn exchange_failed(upstream: String, source: hyper::Error) -> ProxyError {
+        let body = std::error::Error::source(&source).and_then(|e| e.downcast_ref::<BodyError>());
+        match body {
+            Some(BodyError::TooLarge { .. }) => ProxyError::Refused(Refused::BodyTooLarge),
+            Some(BodyError::Client(_)) => ProxyError::Refused(Refused::MalformedBody),
+            Some(BodyError::ReadTimeout { timeout }) => {
+                ProxyError::BodyReadTimeout { timeout: *timeout }
+            }
+            None => ProxyError::Upstream { upstream, source },
+        }
+    }
+
     /// The status the client gets.
     pub fn status(&self) -> StatusCode {
         match self {
+            // The upstream is up, only busy beyond the cap: a retry later may succeed.
+            ProxyError::Unreachable {
+                source: ConnectError::Saturated { .. },
+                ..
+            } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Unreachable { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::TooManyHeaders { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::UpgradeMismatch { .. } => StatusCode::BAD_GATEWAY,
+            // RFC 9110 §15.5.9: the server would not wait longer for the request.
+            ProxyError::BodyReadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Refused(refused) => match refused {
+                // RFC 9112 §3.2 (HTTP/1.1) and RFC 9113 §8.3.1 (HTTP/2): 400 for a missing,
+                // repeated, invalid or contradicting Host.
+                Refused::MissingHost
+                | Refused::DuplicateHost
+                | Refused::InvalidHost
+                | Refused::HostMismatch
+                | Refused::AsteriskForm
+                | Refused::MalformedBody => StatusCode::BAD_REQUEST,
+                // RFC 9110 §15.5.6: the method is known and not allowed here.
+                Refused::Method => StatusCode::METHOD_NOT_ALLOWED,
+                // RFC 9112 §6.1: a coding the server does not understand is answered with 501.
+                Refused::TransferCoding => StatusCode::NOT_IMPLEMENTED,
+                Refused::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            },
         }
+    }
+
+    /// Whether the client is to blame (logged at debug, not as a failure of the proxy's).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Refused(_)
+                | ProxyError::TooManyHeaders { .. }
+                | ProxyError::BodyReadTimeout { .. }
+        )
+    }
+
+    /// Whether the client connection must close after this answer: its request's body may be
+    /// left unread or mis-framed, or an upgrade was half made, and nothing on the connection after
+    /// it can be trusted to start a new message.
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpgradeMismatch { .. }
+                | ProxyError::BodyReadTimeout { .. }
+                | ProxyError::Refused(
+                    Refused::TransferCoding | Refused::BodyTooLarge | Refused::MalformedBody
+                )
+        )
     }
 
     /// A short machine-readable cause for logs and JSON bodies.
     pub fn cause(&self) -> &'static str {
         match self {
+            ProxyError::Unreachable {
+                source: ConnectError::Saturated { .. },
+                ..
+            } => "upstream_saturated",
             ProxyError::Unreachable { .. } => "upstream_unreachable",
             ProxyError::Upstream { .. } => "upstream_connection_failed",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::TooManyHeaders { .. } => "too_many_headers",
+            ProxyError::UpgradeMismatch { .. } => "upstream_upgrade_mismatch",
+            ProxyError::BodyReadTimeout { .. } => "body_read_timeout",
+            ProxyError::Refused(refused) => refused.label(),
         }
     }
 
@@ -82,6 +177,11 @@ impl ProxyError {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if self.closes_connection() {
+            // hyper closes an HTTP/1.1 connection after a response that says so; HTTP/2 ignores
+            // the field (it is removed there, being connection-specific, RFC 9113 §8.2.2).
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -131,6 +231,8 @@ pub enum ConnectError {
     Timeout(Duration),
     /// The HTTP/1.1 connection could not be set up.
     Handshake(hyper::Error),
+    /// `PROXY_UPSTREAM_MAX_CONNECTIONS` were open and none came free within the wait.
+    Saturated { limit: usize, waited: Duration },
 }
 
 impl std::fmt::Display for ConnectError {
@@ -167,6 +269,10 @@ impl std::fmt::Display for ConnectError {
                 )
             }
             ConnectError::Handshake(e) => write!(f, "HTTP/1.1 connection set-up failed: {e}"),
+            ConnectError::Saturated { limit, waited } => write!(
+                f,
+                "all {limit} upstream connections (PROXY_UPSTREAM_MAX_CONNECTIONS) busy for {waited:?}"
+            ),
         }
     }
 }
@@ -178,7 +284,9 @@ impl std::error::Error for ConnectError {
                 Some(e)
             }
             ConnectError::Handshake(e) => Some(e),
-            ConnectError::NoAddress | ConnectError::Timeout(_) => None,
+            ConnectError::NoAddress | ConnectError::Timeout(_) | ConnectError::Saturated { .. } => {
+                None
+            }
         }
     }
 }
@@ -309,5 +417,23 @@ mod tests {
             too_many.status(),
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
+        let cases = [
+            (Refused::MissingHost, 400, false),
+            (Refused::DuplicateHost, 400, false),
+            (Refused::InvalidHost, 400, false),
+            (Refused::HostMismatch, 400, false),
+            (Refused::AsteriskForm, 400, false),
+            (Refused::Method, 405, false),
+            (Refused::TransferCoding, 501, true),
+            (Refused::BodyTooLarge, 413, true),
+            (Refused::MalformedBody, 400, true),
+        ];
+        for (refused, status, closes) in cases {
+            let e = ProxyError::Refused(refused);
+            assert_eq!(e.status().as_u16(), status, "{refused:?}");
+            assert!(e.is_client_error());
+            let response = e.to_response(false);
+            assert_eq!(response.headers().contains_key(CONNECTION), closes);
+        }
     }
 }

@@ -9,7 +9,9 @@
 //!    One client connection's deadlines (header read, idle) are kept on one timer per connection.
 //! 2. Each request goes to the server's handler, which reads the reloadable settings (upstream and
 //!    CORS policy, swapped atomically on reload, [`server::state`]) without a lock.
-//! 3. [`cors::evaluate`] decides, with no I/O: answer now (preflight, refusal) or forward with
+//! 3. [`forward::admit()`] refuses what is never forwarded (a missing, repeated or contradicting
+//!    `Host`, `CONNECT`/`TRACE`, unknown transfer codings, a declared body over the limit); then
+//!    [`cors::evaluate`] decides, with no I/O: answer now (preflight, refusal) or forward with
 //!    CORS headers to add to the response.
 //! 4. [`forward::forward`] prepares the head for the upstream ([`forward::headers`]: hop-by-hop
 //!    fields stripped, `X-Forwarded-*`, `Forwarded`, `Via` set, and `X-Forwarded-Client-Cert`
@@ -26,7 +28,8 @@
 //! keys); [`config`] validates them into settings; [`build`] assembles a proxy from them (used by
 //! the binary and by the tests), serving the configured certificate or, with none, a development
 //! certificate from the local CA ([`cmd::localca`]); [`acme`] obtains and renews the certificate
-//! from an ACME CA when domains are configured, and answers the CA's challenges; [`signal`] turns
+//! from an ACME CA when domains are configured, and answers the CA's challenges; [`fdlimit`]
+//! raises the open-files limit at start; [`signal`] turns
 //! SIGTERM/SIGINT into the graceful drain and SIGHUP into a reload; [`cmd`] holds the helper
 //! subcommands (`proxy cert`, `proxy cert --trust`, `proxy healthcheck`, `proxy admin-get`).
 //! [`metrics`] holds the counters every step above adds to, which the optional admin listener
@@ -46,6 +49,7 @@ pub mod config;
 pub mod cors;
 pub mod envfile;
 pub mod error;
+pub mod fdlimit;
 pub mod forward;
 pub mod metrics;
 pub mod server;
@@ -228,6 +232,7 @@ impl Assembled {
             upstream = %reloadable.upstream,
             timeouts = %fixed.timeouts,
             limits = %fixed.limits,
+            rules = %fixed.rules,
             trusted_proxies = %config::format_cidrs(&fixed.trusted_proxies),
             cors = %reloadable.cors,
             hsts = fixed.hsts.is_some(),

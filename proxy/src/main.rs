@@ -113,6 +113,7 @@ fn serve(cli: &Cli, provenance: &Provenance, argv: Vec<OsString>) -> Result<(), 
     // summary included) before the process exits.
     let _log_guard = init_tracing(assembled.proxy.fixed().log_format);
     provenance.log();
+    proxy::fdlimit::raise_and_check(&assembled.proxy.fixed().limits);
     let runtime = runtime().map_err(StartError::Runtime)?;
     runtime.block_on(async move {
         // Signal handlers first: from here on no signal gets its default action (SIGHUP's would

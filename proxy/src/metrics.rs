@@ -115,10 +115,57 @@ pub enum ClientTimeout {
     HeaderRead,
     /// No request within `PROXY_CLIENT_IDLE_TIMEOUT`.
     Idle,
+    /// No request body bytes within `PROXY_BODY_READ_TIMEOUT` (408).
+    BodyRead,
+    /// No progress writing to the client within `PROXY_SEND_TIMEOUT`.
+    Send,
 }
 
 impl ClientTimeout {
-    const LABELS: [&'static str; 2] = ["header_read", "idle"];
+    const LABELS: [&'static str; 4] = ["header_read", "idle", "body_read", "send"];
+}
+
+/// Why the proxy refused a request itself, before or while forwarding it (the status each gets
+/// is decided where errors map to statuses, `error.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No `Host` (HTTP/1.1), or neither `Host` nor `:authority` (HTTP/2).
+    MissingHost,
+    /// More than one `Host` field.
+    DuplicateHost,
+    /// A `Host` (or target authority) that is not a valid `host[:port]`.
+    InvalidHost,
+    /// HTTP/2: `Host` names another authority than `:authority`.
+    HostMismatch,
+    /// `CONNECT` or `TRACE`.
+    Method,
+    /// The asterisk-form target (`*`) with a method other than `OPTIONS`.
+    AsteriskForm,
+    /// A transfer coding other than `chunked` alone.
+    TransferCoding,
+    /// A request body over `PROXY_MAX_BODY_BYTES`.
+    BodyTooLarge,
+    /// A request body whose framing broke (a malformed chunk).
+    MalformedBody,
+}
+
+impl Refused {
+    pub(crate) const LABELS: [&'static str; 9] = [
+        "missing_host",
+        "duplicate_host",
+        "invalid_host",
+        "host_mismatch",
+        "method",
+        "asterisk_form",
+        "transfer_coding",
+        "body_too_large",
+        "malformed_body",
+    ];
+
+    /// The short name logs, metrics and JSON bodies use.
+    pub fn label(self) -> &'static str {
+        Refused::LABELS[self as usize]
+    }
 }
 
 /// What the CORS policy did with a request.
@@ -194,7 +241,8 @@ pub struct Metrics {
     handshakes: [AtomicU64; 3],
     handshake_failures: [AtomicU64; 3],
     slot_waits: AtomicU64,
-    client_timeouts: [AtomicU64; 2],
+    client_timeouts: [AtomicU64; 4],
+    refused: [AtomicU64; 9],
     cors: [AtomicU64; 5],
     cors_refusals: [AtomicU64; 4],
     reloads: [[AtomicU64; 2]; 2],
@@ -233,6 +281,7 @@ impl Metrics {
             handshake_failures: Default::default(),
             slot_waits: AtomicU64::new(0),
             client_timeouts: Default::default(),
+            refused: Default::default(),
             cors: Default::default(),
             cors_refusals: Default::default(),
             reloads: Default::default(),
@@ -337,6 +386,11 @@ impl Metrics {
     /// A client connection was closed by one of its deadlines.
     pub fn client_timeout(&self, timeout: ClientTimeout) {
         add(&self.client_timeouts[timeout as usize]);
+    }
+
+    /// A request the proxy refused itself (see [`Refused`]).
+    pub fn refused(&self, reason: Refused) {
+        add(&self.refused[reason as usize]);
     }
 
     /// What the CORS policy did with a request, and for a refusal (including the ones `browser`

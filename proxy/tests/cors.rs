@@ -182,7 +182,10 @@ async fn refused_requests_and_preflights_never_reach_the_app() {
     assert_eq!(header(&h, "access-control-max-age").as_deref(), Some("600"));
     assert_eq!(
         header(&h, "vary").as_deref(),
-        Some("Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+        Some(
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers, \
+             Access-Control-Request-Private-Network"
+        )
     );
 
     // Refused: each failing part named, no allow header, nothing forwarded.

@@ -335,7 +335,9 @@ async fn an_upload_goes_on_while_its_response_waits_for_the_client() {
         }
     });
     let pki = TestPki::new();
-    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    // Over the default body limit.
+    let limit = (UP * 2).to_string();
+    let proxy = TestProxy::start(&pki, upstream, &["--max-body-bytes", &limit]).await;
     let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
         .await
         .unwrap();

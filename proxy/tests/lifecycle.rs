@@ -451,3 +451,88 @@ async fn a_request_head_that_trickles_in_past_the_header_read_timeout_gets_408()
     assert_eq!(upstream.seen().len(), 1);
     proxy.shutdown().await;
 }
+
+/// Waits until the proxy's metrics contain `line` (a counter reached its value), failing after
+/// 10 s.
+async fn until_metric(proxy: &TestProxy, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = proxy.proxy.metrics().encode().unwrap();
+        if metrics.contains(line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {line} in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_request_body_gets_408_and_the_connection_closes() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--body-read-timeout", "300ms"]).await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    // 2 of 10 announced bytes, then nothing.
+    let began = Instant::now();
+    tls.write_all(b"POST /collect HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\n12")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(closed.is_ok(), "still open: {text}");
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    // The upstream got the head; its request was aborted, never completed.
+    assert_eq!(upstream.seen().len(), 1);
+    until_metric(&proxy, "proxy_client_timeouts_total{phase=\"body_read\"} 1").await;
+
+    // HTTP/2: the same, per stream.
+    let mut client = common::h2::<common::ChannelBody>(&pki, proxy.addr).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let request = http::Request::builder()
+        .method("POST")
+        .version(http::Version::HTTP_2)
+        .uri(format!("https://localhost:{}/collect", proxy.addr.port()))
+        .body(common::ChannelBody(rx))
+        .unwrap();
+    let response = tokio::spawn(client.send_request(request));
+    tx.send(Bytes::from_static(b"12")).await.unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("answered once the body stalls")
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    drop(tx);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
+    const SIZE: u64 = 256 << 20;
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--send-timeout", "300ms"]).await;
+    let mut tls = common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+        .await
+        .unwrap();
+    let request = format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    // The client reads nothing: the proxy's writes stall, and after the send timeout it closes.
+    until_metric(&proxy, "proxy_client_timeouts_total{phase=\"send\"} 1").await;
+    let sent = upstream.body_bytes_sent.load(Ordering::SeqCst);
+    assert!(sent < SIZE, "the whole body went: {sent}");
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut received))
+        .await
+        .expect("the connection is closed");
+    assert!((received.len() as u64) < SIZE);
+    // The upstream connection was released with it, not kept: the upstream's body stops.
+    let after = upstream.body_bytes_sent.load(Ordering::SeqCst);
+    assert!(after < SIZE, "{after}");
+    proxy.shutdown().await;
+}

@@ -4,12 +4,13 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{
     collect, get, h1, h2, next_event, open_tunnel, read_request_head, ChannelBody, TestPki,
-    TestProxy,
+    TestProxy, TestUpstream,
 };
 use http::{Request, StatusCode, Version};
 use http_body_util::Empty;
@@ -467,5 +468,103 @@ async fn an_http2_upload_ended_by_an_empty_data_frame_leaves_its_connection_reus
     assert_eq!(status, StatusCode::OK);
     // On the same upstream connection: no second "accepted" before it.
     assert_eq!(next_event(&mut events).await, "GET /next");
+    proxy.shutdown().await;
+}
+
+/// `PROXY_UPSTREAM_MAX_CONNECTIONS`: a request that needs one more upstream connection than the
+/// cap waits for one, up to the connect timeout, then gets 503; a freed connection serves again.
+#[tokio::test]
+async fn upstream_connections_are_capped_then_503() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &[
+            "--upstream-max-connections",
+            "1",
+            "--upstream-connect-timeout",
+            "300ms",
+        ],
+    )
+    .await;
+    // The only upstream connection is held by a request the upstream does not answer yet.
+    let mut first = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let held = tokio::spawn(first.send_request(get("/held")));
+    tokio::time::timeout(Duration::from_secs(5), upstream.arrived.notified())
+        .await
+        .expect("the held request reached the upstream");
+    let mut second = h1::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let (status, _, _) = collect(second.send_request(get("/second")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+    // Once the held request is answered, its connection serves the next one.
+    upstream.release_held();
+    let (status, _, body) = collect(held.await.unwrap().unwrap()).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"held"[..]));
+    let (status, _, _) = collect(second.send_request(get("/third")).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
+    proxy.shutdown().await;
+}
+
+/// An HTTP/2 client that resets a stream cancels its upstream exchange: the proxy drops the
+/// request (hyper drops the service future on RST_STREAM), and with it the upstream connection,
+/// which the upstream sees closed at once rather than at the upstream response timeout. Both
+/// for a request without a body (a connection the request polls) and with one (a connection in
+/// a task of its own).
+#[tokio::test]
+async fn a_reset_http2_stream_cancels_its_upstream_exchange() {
+    use tokio::io::AsyncReadExt;
+
+    // An upstream that never answers and reports when a connection is closed by the proxy.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (events, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut tcp = tokio::io::BufReader::new(tcp);
+                if read_request_head(&mut tcp).await.is_none() {
+                    return;
+                }
+                let _ = events.send("request");
+                let mut rest = [0u8; 4096];
+                while tcp.read(&mut rest).await.unwrap_or(0) != 0 {}
+                let _ = events.send("closed");
+            });
+        }
+    });
+    let pki = TestPki::new();
+    let proxy = TestProxy::start(&pki, upstream, &[]).await;
+    let authority = format!("localhost:{}", proxy.addr.port());
+
+    let mut client = h2::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .version(Version::HTTP_2)
+        .uri(format!("https://{authority}/never"))
+        .body(Empty::new())
+        .unwrap();
+    let pending = tokio::spawn(client.send_request(request));
+    assert_eq!(next_event(&mut received).await, "request");
+    // Dropping the response future resets the stream (RST_STREAM CANCEL).
+    pending.abort();
+    assert_eq!(next_event(&mut received).await, "closed");
+
+    let mut client = h2::<ChannelBody>(&pki, proxy.addr).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let request = Request::builder()
+        .method("POST")
+        .version(Version::HTTP_2)
+        .uri(format!("https://{authority}/never"))
+        .body(ChannelBody(rx))
+        .unwrap();
+    let pending = tokio::spawn(client.send_request(request));
+    tx.send(Bytes::from_static(b"part")).await.unwrap();
+    assert_eq!(next_event(&mut received).await, "request");
+    pending.abort();
+    drop(tx);
+    assert_eq!(next_event(&mut received).await, "closed");
     proxy.shutdown().await;
 }

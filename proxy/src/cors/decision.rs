@@ -26,9 +26,12 @@ pub(crate) const REQUEST_PRIVATE_NETWORK: HeaderName =
     HeaderName::from_static("access-control-request-private-network");
 pub(crate) const ALLOW_PRIVATE_NETWORK: HeaderName =
     HeaderName::from_static("access-control-allow-private-network");
-/// The `Vary` every preflight answer carries: it depends on all three request headers.
+/// The `Vary` every preflight answer carries: it depends on every request header a preflight is
+/// judged on, the Private Network Access one included (a cache must not answer a PNA preflight
+/// with a non-PNA one's answer, which lacks `Access-Control-Allow-Private-Network`).
 pub(crate) const PREFLIGHT_VARY: HeaderValue = HeaderValue::from_static(
-    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers, \
+     Access-Control-Request-Private-Network",
 );
 
 /// The policy's judgement of a request, before `CORS_MODE` decides what the proxy does.

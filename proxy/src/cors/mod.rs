@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 pub use config::{CorsArgs, CorsConfigError};
 pub use decision::{Assessment, Grant, Refusal};
 pub use explain::{CorsCommand, ExplainArgs};
+pub(crate) use refusal_log::RateLimiter;
 pub use response::ResponseCors;
 
 /// The parts of a request the policy looks at.

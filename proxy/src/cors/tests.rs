@@ -126,7 +126,8 @@ const C: Case = Case {
 
 const PREFLIGHT_VARY: (&str, &str) = (
     "vary",
-    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+    "Origin, Access-Control-Request-Method, Access-Control-Request-Headers, \
+     Access-Control-Request-Private-Network",
 );
 const NO_ALLOW: &[&str] = &["access-control-allow-*"];
 

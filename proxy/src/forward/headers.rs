@@ -7,6 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use tracing::debug;
 
 use crate::config::Cidr;
 
@@ -118,6 +119,8 @@ impl HeaderScan {
     /// Any of [`SPOOFABLE`].
     const SPOOFABLE: u16 = 1 << 11;
     const X_FORWARDED_CLIENT_CERT: u16 = 1 << 12;
+    /// Any field whose name contains `_` (dropped before forwarding unless allowed).
+    pub const UNDERSCORE: u16 = 1 << 13;
 
     pub fn scan(headers: &HeaderMap) -> HeaderScan {
         HeaderScan(
@@ -147,6 +150,7 @@ impl HeaderScan {
             (17, "x-forwarded-proto") => HeaderScan::X_FORWARDED_PROTO,
             (18, "x-forwarded-prefix") => HeaderScan::SPOOFABLE,
             (23, "x-forwarded-client-cert") => HeaderScan::X_FORWARDED_CLIENT_CERT,
+            _ if name.as_bytes().contains(&b'_') => HeaderScan::UNDERSCORE,
             _ => 0,
         }
     }
@@ -167,6 +171,60 @@ pub(super) fn is_upgrade(version: Version, headers: &HeaderMap, fields: HeaderSc
         && fields.has(HeaderScan::UPGRADE)
         && fields.has(HeaderScan::CONNECTION)
         && connection_has(headers, "upgrade")
+}
+
+/// The request's `Upgrade` protocols that `allowed` accepts, as the value to forward (in the
+/// client's order of preference, RFC 9110 §7.8), or `None` when it names none of them.
+pub(super) fn allowed_upgrade(
+    headers: &HeaderMap,
+    allowed: impl Fn(&str) -> bool,
+) -> Option<HeaderValue> {
+    let protocols: Vec<&str> = upgrade_tokens(headers).filter(|p| allowed(p)).collect();
+    if protocols.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&protocols.join(", ")).ok()
+}
+
+/// Whether a `101`'s `Upgrade` names only protocols the request asked for (`asked`, the value
+/// forwarded), and at least one: a tunnel is opened for nothing else (RFC 9110 §7.8, "the
+/// server MUST NOT switch to a protocol that was not indicated by the client").
+pub(super) fn upgrade_answers(response: &HeaderMap, asked: &HeaderValue) -> bool {
+    let asked: Vec<&str> = asked
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let mut named = upgrade_tokens(response).peekable();
+    named.peek().is_some() && named.all(|p| asked.iter().any(|a| a.eq_ignore_ascii_case(p)))
+}
+
+/// The protocols an `Upgrade` field lists.
+fn upgrade_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes every field whose name contains `_`. Such a name is valid HTTP, but CGI, WSGI and
+/// Rack turn `-` into `_` to make variable names, so an app reading `HTTP_X_FORWARDED_FOR` would
+/// see a client's `X_Forwarded_For` beside (or instead of) the proxy's `X-Forwarded-For`. nginx
+/// drops them by default (`underscores_in_headers off`).
+pub(super) fn drop_underscored(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        debug!(header = %name, "dropping a header field whose name contains an underscore");
+        headers.remove(&name);
+    }
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -544,6 +602,7 @@ mod tests {
             "x-forwarded-port",
             "x-forwarded-prefix",
             "x-forwarded-client-cert",
+            "x_forwarded_for",
         ];
         let mut all = 0;
         for name in acted_on {
@@ -553,8 +612,8 @@ mod tests {
         }
         assert_eq!(
             all,
-            (1 << 13) - 1,
-            "one bit per field (the spoofable ones share one)"
+            (1 << 14) - 1,
+            "one bit per field (the spoofable ones share one, as do underscored names)"
         );
         // SPOOFABLE lists exactly the fields that share the spoofable bit.
         for name in &SPOOFABLE {
@@ -600,6 +659,33 @@ mod tests {
             Version::HTTP_11,
             &headers(&[("upgrade", "websocket")])
         ));
+
+        // Only allowed protocols are forwarded; a 101 must name one of those.
+        let asked = headers(&[("upgrade", "h2c, WebSocket, foo/2")]);
+        let allow = |p: &str| p.eq_ignore_ascii_case("websocket") || p == "foo/2";
+        let forwarded = allowed_upgrade(&asked, allow).unwrap();
+        assert_eq!(forwarded, "WebSocket, foo/2");
+        assert!(allowed_upgrade(&headers(&[("upgrade", "h2c")]), allow).is_none());
+        for (answer, ok) in [
+            (&[("upgrade", "websocket")][..], true),
+            (&[("upgrade", "foo/2")][..], true),
+            (&[("upgrade", "h2c")][..], false),
+            (&[("upgrade", "websocket, h2c")][..], false),
+            (&[][..], false),
+        ] {
+            assert_eq!(
+                upgrade_answers(&headers(answer), &forwarded),
+                ok,
+                "{answer:?}"
+            );
+        }
+
+        // Underscored names are found by the scan and dropped.
+        let mut map = headers(&[("x_forwarded_for", "6.6.6.6"), ("x-ok", "1"), ("a_b", "2")]);
+        assert!(HeaderScan::scan(&map).has(HeaderScan::UNDERSCORE));
+        drop_underscored(&mut map);
+        assert_eq!(names(&map), ["x-ok"]);
+        assert!(!HeaderScan::scan(&map).has(HeaderScan::UNDERSCORE));
 
         let mut cookies = headers(&[("cookie", "a=1"), ("cookie", "b=2")]);
         join_cookies(&mut cookies);

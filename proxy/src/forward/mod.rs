@@ -3,6 +3,7 @@
 //! on a fresh connection when that is safe, and the response's hop-by-hop fields stripped. An
 //! accepted upgrade hands the upstream's side to [`tunnel`].
 
+pub mod admit;
 pub mod headers;
 pub mod tunnel;
 
@@ -21,15 +22,16 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::{Timeouts, Upstream};
+use crate::config::{RequestRules, Timeouts, Upstream};
 use crate::error::{ConnectError, ProxyError};
 use crate::upstream::exchange::{await_response, response_timeout};
 use crate::upstream::{
     Checkout, ClientBody, Pool, PooledBody, ResponseTimer, UpstreamBody, UpstreamConn,
 };
+pub use admit::admit;
 use headers::{
-    is_upgrade, join_cookies, set_forwarding_fields, strip_fields, strip_hop_by_hop, HeaderScan,
-    Peer,
+    allowed_upgrade, drop_underscored, is_upgrade, join_cookies, set_forwarding_fields,
+    strip_fields, strip_hop_by_hop, upgrade_answers, HeaderScan, Peer,
 };
 
 /// What forwarding a request produced.
@@ -46,45 +48,73 @@ pub struct Proxied {
 ///
 /// The response head must arrive within `timeouts.upstream_response` of the request having been
 /// sent in full (else [`ProxyError::Timeout`]). An idempotent request without a body whose pooled
-/// connection failed before a response arrived is sent once more on a fresh connection.
+/// connection failed before a response arrived is sent once more on a fresh connection. `rules`
+/// say which header fields and upgrades go on, and how large a body may be.
 pub async fn forward(
     pool: &Arc<Pool>,
     upstream: &Upstream,
     timeouts: &Timeouts,
+    rules: &RequestRules,
     peer: &Peer,
     req: Request<Incoming>,
     timer: ResponseTimer,
 ) -> Result<Proxied, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let fields = HeaderScan::scan(&parts.headers);
-    let upgrade = is_upgrade(parts.version, &parts.headers, fields);
+    // Only the protocols the rules allow are asked for; a request naming none of them goes on
+    // as a plain request (its `Upgrade` stripped as hop-by-hop).
+    let upgrade = is_upgrade(parts.version, &parts.headers, fields)
+        .then(|| allowed_upgrade(&parts.headers, |p| rules.allows_upgrade(p)))
+        .flatten();
     // The client side of an upgrade is the client connection itself, not hyper's.
     parts.extensions.remove::<OnUpgrade>();
+    let drop_underscores = !rules.allow_underscore_headers && fields.has(HeaderScan::UNDERSCORE);
     // The copy kept for a retry is taken before the proxy adds its headers (fewer to copy, for a
     // path that is rarely taken); a retry prepares it the same way.
-    let retry_parts = (!upgrade && is_idempotent(&parts.method) && body.is_end_stream())
+    let retry_parts = (upgrade.is_none() && is_idempotent(&parts.method) && body.is_end_stream())
         .then(|| clone_parts(&parts));
-    prepare_parts(&mut parts, fields, peer, upgrade);
+    prepare_parts(&mut parts, fields, peer, upgrade.as_ref(), drop_underscores);
+    // A body of unknown length (chunked from an HTTP/1.1 client, or HTTP/2 without
+    // `Content-Length`) goes on chunked. Stripping hop-by-hop fields removed the client's
+    // `Transfer-Encoding`, and without it hyper would send a GET's body as no body at all.
+    if !body.is_end_stream() && body.size_hint().exact().is_none() {
+        parts.headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
     // The upstream response timeout starts once the request is complete: at once without a body,
     // or when the client's body has been sent in full.
     let (body, body_sent) = if retry_parts.is_some() {
         (Either::Right(Empty::new()), None)
     } else if body.is_end_stream() {
         (
-            Either::Left(ClientBody::new(body, None, pool.metrics().clone())),
+            Either::Left(ClientBody::new(
+                body,
+                None,
+                pool.metrics().clone(),
+                rules.max_body_bytes,
+                timeouts.body_read,
+            )),
             None,
         )
     } else {
         let (sent, body_sent) = oneshot::channel();
         (
-            Either::Left(ClientBody::new(body, Some(sent), pool.metrics().clone())),
+            Either::Left(ClientBody::new(
+                body,
+                Some(sent),
+                pool.metrics().clone(),
+                rules.max_body_bytes,
+                timeouts.body_read,
+            )),
             Some(body_sent),
         )
     };
 
     // A request with a body, or one that asks for an upgrade, gets a connection that runs in a
     // task of its own (see `UpstreamConn::detach`).
-    let detach = upgrade || body_sent.is_some();
+    let detach = upgrade.is_some() || body_sent.is_some();
     let batch = timer.batches(detach);
     let start = Instant::now();
     let deadline = start + timeouts.upstream_response;
@@ -117,7 +147,7 @@ pub async fn forward(
         ) => {
             debug!(upstream = %upstream, error = %error, "retrying idempotent request on a fresh connection");
             pool.metrics().upstream_retry();
-            prepare_parts(&mut parts, fields, peer, false);
+            prepare_parts(&mut parts, fields, peer, None, drop_underscores);
             let request = Request::from_parts(parts, Either::Right(Empty::new()));
             // Boxed: a rare path, kept out of every request's future (which is moved per request).
             let fresh = send_fresh(pool, upstream, request, false);
@@ -132,7 +162,26 @@ pub async fn forward(
 
     // The client's connection has its own version; an HTTP/1.0 upstream must not downgrade it.
     *response.version_mut() = Version::HTTP_11;
-    let upgraded = upgrade && response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if upgraded {
+        // A tunnel only for the protocol asked for: anything else the upstream switched to
+        // (`h2c` from a lenient backend, or a 101 nobody asked for) would carry requests past
+        // the proxy's rules. The connection is dropped, never pooled.
+        let answered = upgrade
+            .as_ref()
+            .is_some_and(|asked| upgrade_answers(response.headers(), asked));
+        if !answered {
+            let got = response
+                .headers()
+                .get(header::UPGRADE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            return Err(ProxyError::UpgradeMismatch {
+                upstream: upstream.to_string(),
+                got,
+            });
+        }
+    }
     strip_hop_by_hop(response.headers_mut(), upgraded);
     let (upgrade, checkin) = if upgraded {
         // An upgraded connection is the tunnel's, never the pool's.
@@ -170,10 +219,7 @@ impl Failure {
         let upstream = upstream.to_string();
         match self {
             Failure::Connect(source) => ProxyError::Unreachable { upstream, source },
-            Failure::Sent { error, .. } => ProxyError::Upstream {
-                upstream,
-                source: error,
-            },
+            Failure::Sent { error, .. } => ProxyError::exchange_failed(upstream, error),
         }
     }
 }
@@ -232,13 +278,25 @@ async fn send_fresh(
 }
 
 /// Rewrites the request head for the upstream: its URI, version and headers. `fields` are the
-/// request's, scanned once by the caller.
-fn prepare_parts(parts: &mut Parts, fields: HeaderScan, peer: &Peer, upgrade: bool) {
+/// request's, scanned once by the caller; `upgrade` is the `Upgrade` value to forward, if any.
+fn prepare_parts(
+    parts: &mut Parts,
+    fields: HeaderScan,
+    peer: &Peer,
+    upgrade: Option<&HeaderValue>,
+    drop_underscores: bool,
+) {
     let received = parts.version;
     // Room for what is added below (Host, X-Forwarded-For/Proto/Host, Forwarded, Via,
     // X-Forwarded-Client-Cert): one growth of the map instead of several as they go in.
     parts.headers.reserve(7);
-    strip_fields(&mut parts.headers, fields, upgrade);
+    if drop_underscores {
+        drop_underscored(&mut parts.headers);
+    }
+    strip_fields(&mut parts.headers, fields, upgrade.is_some());
+    if let Some(upgrade) = upgrade {
+        parts.headers.insert(header::UPGRADE, upgrade.clone());
+    }
     // HTTP/2 carries the authority in `:authority`; HTTP/1.1 upstreams need it as `Host`.
     let host = if fields.has(HeaderScan::HOST) {
         parts.headers.get(header::HOST).cloned()
@@ -303,7 +361,7 @@ mod tests {
         *req.version_mut() = Version::HTTP_11;
         let (mut parts, ()) = req.into_parts();
         let fields = HeaderScan::scan(&parts.headers);
-        prepare_parts(&mut parts, fields, &peer, false);
+        prepare_parts(&mut parts, fields, &peer, None, true);
         assert_eq!(parts.uri, "/a?b=1");
         assert_eq!(parts.version, Version::HTTP_11);
         assert_eq!(
@@ -342,7 +400,7 @@ mod tests {
             *req.version_mut() = Version::HTTP_2;
             let (mut parts, ()) = req.into_parts();
             let fields = HeaderScan::scan(&parts.headers);
-            prepare_parts(&mut parts, fields, &peer, false);
+            prepare_parts(&mut parts, fields, &peer, None, true);
             assert_eq!(parts.headers["host"], expected);
             assert_eq!(parts.headers.get_all("host").iter().count(), 1);
             assert_eq!(parts.headers["x-forwarded-host"], expected);

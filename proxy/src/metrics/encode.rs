@@ -13,8 +13,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{
-    ClientTimeout, ConnectFailure, CorsOutcome, CorsRefusal, HandshakeFailure, Metrics, METHODS,
-    STATUS_CLASSES,
+    ClientTimeout, ConnectFailure, CorsOutcome, CorsRefusal, HandshakeFailure, Metrics, Refused,
+    METHODS, STATUS_CLASSES,
 };
 
 /// A labelled value: label pairs and the value.
@@ -43,6 +43,7 @@ struct Snapshot {
     handshake_failures: Vec<Row<1>>,
     slot_waits: u64,
     client_timeouts: Vec<Row<1>>,
+    refused: Vec<Row<1>>,
     cors: Vec<Row<1>>,
     cors_refusals: Vec<Row<1>>,
     reloads: Vec<Row<2>>,
@@ -126,6 +127,7 @@ impl Snapshot {
             handshake_failures: rows("reason", HandshakeFailure::LABELS, &m.handshake_failures),
             slot_waits: load(&m.slot_waits),
             client_timeouts: rows("phase", ClientTimeout::LABELS, &m.client_timeouts),
+            refused: rows("reason", Refused::LABELS, &m.refused),
             cors: rows("outcome", CorsOutcome::LABELS, &m.cors),
             cors_refusals: rows("reason", CorsRefusal::LABELS, &m.cors_refusals),
             reloads,
@@ -293,6 +295,12 @@ impl Collector for Snapshot {
             "proxy_client_timeouts",
             "Client connections closed by a deadline, by phase",
             &self.client_timeouts,
+        )?;
+        counters(
+            e,
+            "proxy_requests_refused",
+            "Requests the proxy refused itself (bad Host, method, framing, body size), by reason",
+            &self.refused,
         )?;
         counters(
             e,

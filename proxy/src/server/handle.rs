@@ -15,14 +15,19 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::conn::ClientConn;
-use crate::cors::{self, RequestInfo, Verdict};
+use crate::config::Upstream;
+use crate::cors::{self, RateLimiter, RequestInfo, Verdict};
 use crate::error::{wants_json, ProxyError};
 use crate::forward;
-use crate::metrics::Protocol;
+use crate::metrics::{ClientTimeout, Protocol};
 use crate::upstream::{PooledBody, ResponseTimer};
+
+/// "request failed" lines that may be written in a burst, then per second: an upstream that
+/// fails, or clients that make it fail, must not turn every request into a warning line.
+static FAILURE_LOG: RateLimiter = RateLimiter::new(20.0, 2.0);
 
 /// The status logged for a request whose client went away before a response existed (nginx's).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -108,7 +113,7 @@ impl Body for ProxyBody {
 /// Answers one request (HTTP/1.1 or HTTP/2) on `conn`.
 pub(crate) async fn handle(
     conn: Arc<ClientConn>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     conn.request_started();
@@ -130,6 +135,51 @@ pub(crate) async fn handle(
     let proxy = &conn.proxy;
     let json = wants_json(req.headers());
 
+    // Refused before CORS: CORS judges the authority, which must first be the one forwarded.
+    let admitted = forward::admit(
+        req.method(),
+        req.uri(),
+        req.version(),
+        req.headers(),
+        proxy.fixed.rules.max_body_bytes,
+    );
+    let (mut response, cors) = match admitted {
+        Err(refused) => (
+            failed(&conn, None, ProxyError::Refused(refused), json),
+            None,
+        ),
+        Ok(host) => {
+            if let Some(host) = host {
+                req.headers_mut().insert(header::HOST, host);
+            }
+            forward_or_answer(&conn, &mut log, req, json).await
+        }
+    };
+    if let Some(cors) = cors {
+        cors.apply(response.headers_mut());
+    }
+    if let Some(hsts) = &proxy.fixed.hsts {
+        response
+            .headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+    log.status = response.status();
+    Ok(response.map(|inner| ProxyBody { inner, log }))
+}
+
+/// The CORS verdict on an admitted request, then the proxy's own answer or the upstream's
+/// response, with the CORS headers to add to it.
+async fn forward_or_answer(
+    conn: &Arc<ClientConn>,
+    log: &mut AccessLog,
+    req: Request<Incoming>,
+    json: bool,
+) -> (
+    Response<Either<PooledBody, Full<Bytes>>>,
+    Option<cors::ResponseCors>,
+) {
+    let proxy = &conn.proxy;
     let limit = proxy.fixed.limits.max_headers;
     let (verdict, upstream) = {
         let live = proxy.reloadable_guard();
@@ -150,7 +200,7 @@ pub(crate) async fn handle(
         )
     };
 
-    let (mut response, cors) = match verdict {
+    match verdict {
         Verdict::Respond(response) => (response.map(|b| Either::Right(Full::new(b))), None),
         Verdict::Forward(cors) => {
             let result = if req.headers().len() > limit {
@@ -172,6 +222,7 @@ pub(crate) async fn handle(
                     &proxy.pool,
                     &upstream,
                     &proxy.fixed.timeouts,
+                    &proxy.fixed.rules,
                     &conn.peer,
                     req,
                     timer,
@@ -186,28 +237,37 @@ pub(crate) async fn handle(
                     }
                     proxied.response.map(Either::Left)
                 }
-                Err(e) => {
-                    warn!(upstream = %upstream, cause = e.cause(), error = %e, "request failed");
-                    match e.status() {
-                        StatusCode::BAD_GATEWAY => proxy.metrics.gateway_error(false),
-                        StatusCode::GATEWAY_TIMEOUT => proxy.metrics.gateway_error(true),
-                        _ => {}
-                    }
-                    e.to_response(json).map(Either::Right)
-                }
+                Err(e) => failed(conn, Some(&upstream), e, json),
             };
             (response, Some(cors))
         }
-    };
-    if let Some(cors) = cors {
-        cors.apply(response.headers_mut());
     }
-    if let Some(hsts) = &proxy.fixed.hsts {
-        response
-            .headers_mut()
-            .entry(header::STRICT_TRANSPORT_SECURITY)
-            .or_insert_with(|| hsts.clone());
+}
+
+/// The proxy's answer to a request it could not or would not forward: logged (at debug when the
+/// client is to blame, which a hostile client must not turn into a flood of warnings) and
+/// counted.
+fn failed(
+    conn: &ClientConn,
+    upstream: Option<&Upstream>,
+    e: ProxyError,
+    json: bool,
+) -> Response<Either<PooledBody, Full<Bytes>>> {
+    let metrics = &conn.proxy.metrics;
+    if e.is_client_error() {
+        debug!(cause = e.cause(), error = %e, "request refused");
+    } else if let Some(suppressed) = FAILURE_LOG.admit(std::time::Instant::now()) {
+        let upstream = upstream.map(ToString::to_string);
+        warn!(upstream, cause = e.cause(), error = %e, suppressed, "request failed");
+    } else {
+        debug!(cause = e.cause(), error = %e, "request failed");
     }
-    log.status = response.status();
-    Ok(response.map(|inner| ProxyBody { inner, log }))
+    match &e {
+        ProxyError::Refused(refused) => metrics.refused(*refused),
+        ProxyError::BodyReadTimeout { .. } => metrics.client_timeout(ClientTimeout::BodyRead),
+        e if e.status() == StatusCode::BAD_GATEWAY => metrics.gateway_error(false),
+        e if e.status() == StatusCode::GATEWAY_TIMEOUT => metrics.gateway_error(true),
+        _ => {}
+    }
+    e.to_response(json).map(Either::Right)
 }

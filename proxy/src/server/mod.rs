@@ -112,6 +112,16 @@ pub async fn run(
     Ok(())
 }
 
+/// Streams an HTTP/2 client may open and reset before the proxy has accepted them, before it
+/// answers GOAWAY (the "rapid reset" attack, CVE-2023-44487): h2's own default, set here so it
+/// cannot change under a dependency update.
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// Streams the proxy may reset for a client's protocol errors on one connection before it answers
+/// GOAWAY (a client that keeps provoking resets, RUSTSEC-2024-0003): hyper's default, and nginx's
+/// order of magnitude for abusive resets.
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+
 /// The connection builders, one per protocol; ALPN names the protocol in the handshake.
 struct Builders {
     http1: hyper_http1::Builder,
@@ -131,7 +141,9 @@ impl Builders {
         let mut http2 = hyper_http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
-            .max_header_list_size(header_list_size);
+            .max_header_list_size(header_list_size)
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS);
         Builders { http1, http2 }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -40,6 +40,8 @@ pub struct UpstreamConn {
     /// A task's waker may be registered with the connection (it was polled with one since it
     /// last settled).
     registered: bool,
+    /// The pool's slot for this connection, freed when it ends (see [`UpstreamConn::detach`]).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// hyper's connection future, and who polls it.
@@ -63,7 +65,14 @@ impl UpstreamConn {
             sender,
             poller: Poller::Holder(Box::new(connection)),
             registered: false,
+            permit: None,
         }
+    }
+
+    /// The connection with the pool's slot it takes.
+    pub(super) fn holding(mut self, permit: OwnedSemaphorePermit) -> UpstreamConn {
+        self.permit = Some(permit);
+        self
     }
 
     /// Lets the connection do what it can (write the request, read the response) and registers
@@ -127,10 +136,14 @@ impl UpstreamConn {
     pub fn detach(&mut self) {
         match std::mem::replace(&mut self.poller, Poller::OwnTask) {
             Poller::Holder(connection) => {
+                // The slot goes with the connection's task: it is free when the connection ends
+                // (or hands its socket to a tunnel), not when this handle is dropped.
+                let permit = self.permit.take();
                 tokio::spawn(async move {
                     if let Err(e) = (*connection).with_upgrades().await {
                         debug!(error = %e, "upstream connection ended with an error");
                     }
+                    drop(permit);
                 });
             }
             other => self.poller = other,

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::Response;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use super::connect::connect;
@@ -32,6 +33,10 @@ pub const REFUSED_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// The pool. One per process, shared by all client connections.
 pub struct Pool {
     state: Mutex<State>,
+    /// One permit per upstream connection open (`PROXY_UPSTREAM_MAX_CONNECTIONS`), held by the
+    /// connection until it ends.
+    slots: Arc<Semaphore>,
+    max_connections: usize,
     connect_timeout: Duration,
     /// How long refused connects are retried (see [`Pool::connect`]).
     refused_retry: Duration,
@@ -69,6 +74,8 @@ impl Pool {
                 idle: VecDeque::new(),
                 reaping: false,
             }),
+            slots: Arc::new(Semaphore::new(limits.upstream_max_connections)),
+            max_connections: limits.upstream_max_connections,
             connect_timeout: timeouts.upstream_connect,
             // Within half the response timeout too, so that a backend that stays down is
             // answered as unreachable (502), not as slow (504).
@@ -104,12 +111,31 @@ impl Pool {
         })
     }
 
-    /// A new connection, never a pooled one. A refused connect is tried again, every
-    /// [`REFUSED_RETRY_PAUSE`], for up to [`REFUSED_RETRY_WINDOW`] (at most the connect timeout
-    /// and half the response timeout):
+    /// A new connection, never a pooled one. With `PROXY_UPSTREAM_MAX_CONNECTIONS` open, it waits
+    /// for one to end, up to the connect timeout (one HTTP/2 client could otherwise open an
+    /// upstream connection per stream, thousands of them). A full pool is not a failing upstream:
+    /// it is not counted as a connect failure (which readiness reads).
+    ///
+    /// A refused connect is tried again, every [`REFUSED_RETRY_PAUSE`], for up to
+    /// [`REFUSED_RETRY_WINDOW`] (at most the connect timeout and half the response timeout):
     /// nothing was sent, so this is safe for any request, and it covers a backend restarting in
     /// place, whose old process has closed its listening socket before the new one opens it.
     pub async fn connect(&self, upstream: &Upstream) -> Result<UpstreamConn, ConnectError> {
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let wait = self.connect_timeout;
+                match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        return Err(ConnectError::Saturated {
+                            limit: self.max_connections,
+                            waited: wait,
+                        })
+                    }
+                }
+            }
+        };
         let give_up = Instant::now() + self.refused_retry;
         let result = loop {
             let result = connect(upstream, self.connect_timeout).await;
@@ -125,7 +151,7 @@ impl Pool {
             Ok(_) => self.metrics.upstream_opened(),
             Err(e) => self.metrics.upstream_failed(failure_cause(e)),
         }
-        result
+        result.map(|conn| conn.holding(permit))
     }
 
     /// The pool's state. A panic elsewhere while the lock was held cannot leave it inconsistent
@@ -230,7 +256,7 @@ fn failure_cause(error: &ConnectError) -> ConnectFailure {
         ConnectError::Resolve(_) | ConnectError::NoAddress => ConnectFailure::Dns,
         ConnectError::Connect(_, e) | ConnectError::Socket(_, e) => ConnectFailure::of_io(e),
         ConnectError::Timeout(_) => ConnectFailure::Timeout,
-        ConnectError::Handshake(_) => ConnectFailure::Other,
+        ConnectError::Handshake(_) | ConnectError::Saturated { .. } => ConnectFailure::Other,
     }
 }
 
@@ -344,12 +370,15 @@ mod tests {
             upstream_idle: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(8),
             cert_watch_interval: Duration::from_secs(1),
+            body_read: Duration::from_secs(30),
+            send: Duration::from_secs(60),
         };
         let limits = Limits {
             max_connections: 16,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             upstream_max_idle: 4,
+            upstream_max_connections: 16,
         };
         Pool::new(&timeouts, &limits, Arc::new(Metrics::new()))
     }

@@ -41,6 +41,8 @@ type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// - `/held`: answers `held` once the test calls [`TestUpstream::release_held`];
 /// - `/sleep/MS`: answers `slept` after MS milliseconds (a backend that takes its time);
 /// - `/ws`: accepts an upgrade (101) and echoes bytes on the upgraded connection;
+/// - `/switch/PROTO`: answers 101 naming PROTO, whatever the request asked for (a lenient
+///   backend), and echoes like `/ws`;
 /// - anything else: 200 `hello` with hop-by-hop headers the proxy must strip.
 pub struct TestUpstream {
     /// The TCP address (`0.0.0.0:0` for a socket upstream, which has none: use `url`).
@@ -219,7 +221,11 @@ async fn upstream_service(
         // Real time: backend latency under load, which no test waits out (`/held` is the event).
         tokio::time::sleep(Duration::from_millis(ms.parse().expect("ms"))).await;
         Response::new(full("slept"))
-    } else if path == "/ws" {
+    } else if path == "/ws" || path.starts_with("/switch/") {
+        let protocol = path
+            .strip_prefix("/switch/")
+            .unwrap_or("websocket")
+            .to_owned();
         let on_upgrade = hyper::upgrade::on(&mut req);
         tokio::spawn(async move {
             if let Ok(upgraded) = on_upgrade.await {
@@ -230,7 +236,7 @@ async fn upstream_service(
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")
-            .header("upgrade", "websocket")
+            .header("upgrade", protocol)
             .body(full(Bytes::new()))
             .expect("101")
     } else {
