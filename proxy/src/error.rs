@@ -291,6 +291,18 @@ impl std::error::Error for ConnectError {
     }
 }
 
+impl ConfigError {
+    /// A setting's value that is not accepted: the error names the setting, the value and what
+    /// to write instead.
+    pub fn invalid(setting: &'static str, value: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            setting,
+            value: value.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
 /// Why `proxy cert` (or the proxy's own development certificate) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DevCertError {
