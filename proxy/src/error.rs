@@ -303,6 +303,83 @@ impl ConfigError {
     }
 }
 
+/// A certificate/key pair that cannot be used. Each message names the file and says how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error(
+        "certificate file {path} does not exist: create a development pair with `proxy cert`, \
+         or set --tls-cert (TLS_CERT_FILE) to your certificate chain"
+    )]
+    CertMissing { path: PathBuf },
+    #[error(
+        "key file {path} does not exist: create a development pair with `proxy cert`, \
+         or set --tls-key (TLS_KEY_FILE) to the certificate's private key"
+    )]
+    KeyMissing { path: PathBuf },
+    #[error("cannot read {path}: {source}: check the path and that the proxy's user may read it")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is not valid PEM ({detail}): the file may be truncated or still being written; \
+         write it again"
+    )]
+    BadPem { path: PathBuf, detail: String },
+    #[error(
+        "{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----): point --tls-cert at the \
+         certificate chain, server certificate first (a key file given as the certificate?)"
+    )]
+    NoCertificate { path: PathBuf },
+    #[error(
+        "the first certificate in {path} cannot be parsed ({detail}): replace it with a valid \
+         X.509 certificate in PEM"
+    )]
+    BadCertificate { path: PathBuf, detail: String },
+    #[error(
+        "{path} holds no private key (PEM `PRIVATE KEY`, `ENCRYPTED PRIVATE KEY`, `RSA PRIVATE KEY` \
+         or `EC PRIVATE KEY`): point --tls-key at the key"
+    )]
+    NoKey { path: PathBuf },
+    #[error(
+        "{path} is a legacy encrypted PEM key (`Proc-Type: 4,ENCRYPTED`), which the proxy does not \
+         read: convert it to encrypted PKCS#8 with `openssl pkcs8 -topk8 -v2 aes-256-cbc -in {path} \
+         -out key.pem` and give the password with --tls-key-password-file (or write it unencrypted \
+         with `openssl pkey -in {path} -out key.pem`)"
+    )]
+    LegacyEncryptedKey { path: PathBuf },
+    #[error(
+        "{path} is an encrypted private key: give its password with --tls-key-password-file \
+         (TLS_KEY_PASSWORD_FILE), a file whose first line is the password"
+    )]
+    KeyNeedsPassword { path: PathBuf },
+    #[error("cannot read the key password file {path}: {source}")]
+    KeyPasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot decrypt {path} with the password in {password_file} ({detail}): check the \
+         password; PBES2 keys (PBKDF2 or scrypt, AES-CBC) are supported"
+    )]
+    KeyDecrypt {
+        path: PathBuf,
+        password_file: PathBuf,
+        detail: String,
+    },
+    #[error(
+        "the private key in {path} is not usable ({detail}): use an ECDSA P-256/P-384, Ed25519 \
+         or RSA (2048 bits or more) key"
+    )]
+    UnsupportedKey { path: PathBuf, detail: String },
+    #[error(
+        "the private key in {key} does not match the certificate in {cert}: install the key made \
+         with this certificate (the server certificate must come first in a chain), or make a new \
+         development pair with `proxy cert --force`"
+    )]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+}
+
 /// Why `proxy cert` (or the proxy's own development certificate) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DevCertError {
