@@ -1,6 +1,6 @@
 //! TLS material: the served pair ([`CertStore`]; its files are read in `files`, described for the
-//! logs in `info`), the rustls server config, and hot
-//! reload (SIGHUP via [`CertStore::reload_logged`], file changes via [`CertStore::watch`]).
+//! logs in `info`), the rustls server config, and hot reload (SIGHUP via
+//! [`CertStore::reload_logged`], file changes via [`CertStore::watch`]).
 //!
 //! Every handshake asks [`CertStore`] (a rustls `ResolvesServerCert`) for the pair in use, which sits
 //! behind an `ArcSwap`: a reload loads and checks the new pair completely, then swaps one pointer, so
