@@ -233,6 +233,9 @@ pub struct ProxyArgs {
 }
 
 /// Settings for certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt.
+// The fields' doc comments are the `--help` text, written for a terminal: the bare URLs are meant
+// as they read there, and `<data dir>` is a placeholder, not HTML.
+#[allow(rustdoc::bare_urls, rustdoc::invalid_html_tags)]
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AcmeArgs {
     /// Get the certificate from an ACME CA (Let's Encrypt by default) for these comma-separated

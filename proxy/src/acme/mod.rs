@@ -2,7 +2,7 @@
 //!
 //! At start-up [`Acme::prepare`] loads the stored pair into the [`CertStore`] (an empty store
 //! when there is none: handshakes fail until the first certificate is issued). While the proxy
-//! serves, one background task ([`renew`]) orders a certificate when none covers the names, and
+//! serves, one background task (`renew`) orders a certificate when none covers the names, and
 //! renews two thirds into its lifetime: it answers the CA's challenge (TLS-ALPN-01 through the
 //! store's resolver on the HTTPS port, or HTTP-01 through [`challenge::Http01Tokens`] on the
 //! plain-HTTP listener), writes the new pair ([`store`]) and reloads the store, which swaps it in
