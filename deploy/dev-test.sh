@@ -19,10 +19,14 @@ bin_dir="$(cd "$bin_dir" && pwd)"
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/dev-test.XXXXXX")"
 holder=""
 dev=""
+# Keeps the script's own exit status: the `wait` for a process it just killed returns 143, which
+# `set -e` would otherwise make the script's.
 cleanup() {
-    [[ -n $dev ]] && kill "$dev" 2>/dev/null && wait "$dev" 2>/dev/null
-    [[ -n $holder ]] && kill "$holder" 2>/dev/null && wait "$holder" 2>/dev/null
+    local rc=$?
+    if [[ -n $dev ]]; then kill "$dev" 2>/dev/null && wait "$dev" 2>/dev/null || true; fi
+    if [[ -n $holder ]]; then kill "$holder" 2>/dev/null && wait "$holder" 2>/dev/null || true; fi
     rm -rf "$tmp"
+    exit "$rc"
 }
 trap cleanup EXIT
 
