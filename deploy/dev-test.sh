@@ -55,13 +55,36 @@ done
 held="$(cat "$tmp/held")"
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# run_dev NAME ENV...: runs dev.sh with the test's settings (and ENV), output in $tmp/NAME.out
+# dev_sh NAME ENV... COMMAND...: runs COMMAND (dev.sh) with the test's settings (and ENV), output in
+# $tmp/NAME.out. It replaces the shell it runs in, so that `dev_sh … &` gives dev.sh's own pid.
+dev_sh() {
+    local name="$1"
+    shift
+    exec env -u PROXY_UPSTREAM -u PROXY_LISTEN -u APP_LISTEN HOME="$tmp/home" DEV_BIN_DIR="$bin_dir" \
+        DEV_LOG_DIR="$tmp/logs-$name" TLS_CERT_FILE="$tmp/cert/cert.pem" TLS_KEY_FILE="$tmp/cert/key.pem" \
+        "$@" >"$tmp/$name.out" 2>&1
+}
+
+# run_dev NAME ENV...: runs dev.sh to its end (at most 60 s).
 run_dev() {
     local name="$1"
     shift
-    env -u PROXY_UPSTREAM -u PROXY_LISTEN -u APP_LISTEN HOME="$tmp/home" DEV_BIN_DIR="$bin_dir" \
-        DEV_LOG_DIR="$tmp/logs-$name" TLS_CERT_FILE="$tmp/cert/cert.pem" TLS_KEY_FILE="$tmp/cert/key.pem" \
-        "$@" timeout 60 deploy/dev.sh >"$tmp/$name.out" 2>&1
+    (dev_sh "$name" "$@" timeout 60 deploy/dev.sh)
+}
+
+# start_dev NAME LINE ENV...: starts dev.sh in the background ($dev) and waits until its output
+# shows LINE, it exits, or 60 s pass.
+start_dev() {
+    local name="$1" line="$2"
+    shift 2
+    : >"$tmp/$name.out"
+    dev_sh "$name" "$@" deploy/dev.sh &
+    dev=$!
+    local deadline=$((SECONDS + 60))
+    until grep -q "$line" "$tmp/$name.out"; do
+        if ! kill -0 "$dev" 2>/dev/null || ((SECONDS > deadline)); then break; fi
+        sleep 0.1
+    done
 }
 
 echo "== 1. the app's port is taken"
@@ -84,17 +107,7 @@ check "the demo app was not started, and no demo login printed" \
 
 echo "== 3. PROXY_UPSTREAM set, ports free: up, then SIGTERM"
 port="$(free_port)"
-: >"$tmp/up.out"
-env -u PROXY_LISTEN -u APP_LISTEN HOME="$tmp/home" DEV_BIN_DIR="$bin_dir" DEV_LOG_DIR="$tmp/logs-up" \
-    TLS_CERT_FILE="$tmp/cert/cert.pem" TLS_KEY_FILE="$tmp/cert/key.pem" \
-    PROXY_UPSTREAM="http://127.0.0.1:$(free_port)" PROXY_LISTEN="127.0.0.1:$port" \
-    deploy/dev.sh >"$tmp/up.out" 2>&1 &
-dev=$!
-deadline=$((SECONDS + 60))
-until grep -q 'The proxy is up' "$tmp/up.out"; do
-    if ! kill -0 "$dev" 2>/dev/null || ((SECONDS > deadline)); then break; fi
-    sleep 0.1
-done
+start_dev up 'The proxy is up' PROXY_UPSTREAM="http://127.0.0.1:$(free_port)" PROXY_LISTEN="127.0.0.1:$port"
 check "dev.sh says the proxy is up, pointing at the given upstream" grep -q "The proxy is up:  https://localhost:$port/ -> http://127.0.0.1:" "$tmp/up.out"
 check "no demo login with PROXY_UPSTREAM set" bash -c "! grep -qi 'demo login' '$tmp/up.out'"
 kill -TERM "$dev"
@@ -106,17 +119,7 @@ check "SIGTERM stops it (rc $rc) and the proxy with it (its port is free again)"
 
 echo "== 4. the demo stack up, then the app dies: dev.sh stops the proxy and says so"
 port="$(free_port)"
-: >"$tmp/demo.out"
-env -u PROXY_UPSTREAM -u PROXY_LISTEN HOME="$tmp/home" DEV_BIN_DIR="$bin_dir" DEV_LOG_DIR="$tmp/logs-demo" \
-    TLS_CERT_FILE="$tmp/cert/cert.pem" TLS_KEY_FILE="$tmp/cert/key.pem" \
-    APP_LISTEN="127.0.0.1:$(free_port)" PROXY_LISTEN="127.0.0.1:$port" \
-    deploy/dev.sh >"$tmp/demo.out" 2>&1 &
-dev=$!
-deadline=$((SECONDS + 60))
-until grep -q 'The stack is up' "$tmp/demo.out"; do
-    if ! kill -0 "$dev" 2>/dev/null || ((SECONDS > deadline)); then break; fi
-    sleep 0.1
-done
+start_dev demo 'The stack is up' APP_LISTEN="127.0.0.1:$(free_port)" PROXY_LISTEN="127.0.0.1:$port"
 check "dev.sh says the stack is up, with the demo login" bash -c "grep -q 'The stack is up' '$tmp/demo.out' && grep -q 'Demo login' '$tmp/demo.out'"
 login="$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --cacert "$tmp/cert/cert.pem" \
     --resolve "localhost:$port:127.0.0.1" "https://localhost:$port/auth/login" 2>&1 || true)"

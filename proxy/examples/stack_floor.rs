@@ -35,11 +35,8 @@ use proxy::tls;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-#[path = "../src/allocator.rs"]
-mod allocator;
-
 #[global_allocator]
-static ALLOCATOR: allocator::MiMalloc = allocator::MiMalloc;
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Upstream HTTP/1.1 connections of one client connection: an HTTP/2 client has several requests
 /// in flight, each needs a connection of its own.

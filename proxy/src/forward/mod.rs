@@ -25,9 +25,7 @@ use tracing::debug;
 use crate::config::{RequestRules, Timeouts, Upstream};
 use crate::error::{ConnectError, ProxyError};
 use crate::upstream::exchange::{await_response, response_timeout};
-use crate::upstream::{
-    Checkout, ClientBody, Pool, PooledBody, ResponseTimer, UpstreamBody, UpstreamConn,
-};
+use crate::upstream::{Checkout, ClientBody, Pool, PooledBody, UpstreamBody, UpstreamConn};
 pub use admit::admit;
 use headers::{
     allowed_upgrade, drop_underscored, is_upgrade, join_cookies, set_forwarding_fields,
@@ -49,7 +47,9 @@ pub struct Proxied {
 /// The response head must arrive within `timeouts.upstream_response` of the request having been
 /// sent in full (else [`ProxyError::Timeout`]). An idempotent request without a body whose pooled
 /// connection failed before a response arrived is sent once more on a fresh connection. `rules`
-/// say which header fields and upgrades go on, and how large a body may be.
+/// say which header fields and upgrades go on, and how large a body may be. `batch_writes` lets
+/// a request without a body go upstream at its task's next poll (see [`await_response`]): for a
+/// task that carries one client connection's requests, not for an HTTP/2 stream's own task.
 pub async fn forward(
     pool: &Arc<Pool>,
     upstream: &Upstream,
@@ -57,7 +57,7 @@ pub async fn forward(
     rules: &RequestRules,
     peer: &Peer,
     req: Request<Incoming>,
-    timer: ResponseTimer,
+    batch_writes: bool,
 ) -> Result<Proxied, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let fields = HeaderScan::scan(&parts.headers);
@@ -115,20 +115,15 @@ pub async fn forward(
     // A request with a body, or one that asks for an upgrade, gets a connection that runs in a
     // task of its own (see `UpstreamConn::detach`).
     let detach = upgrade.is_some() || body_sent.is_some();
-    let batch = timer.batches(detach);
+    // A detached connection has a task of its own, whose polls are not the request's.
+    let batch = batch_writes && !detach;
     let start = Instant::now();
     let deadline = start + timeouts.upstream_response;
     let timeout_error = || ProxyError::Timeout {
         upstream: upstream.to_string(),
         timeout: timeouts.upstream_response,
     };
-    let timed_out = response_timeout(
-        timer,
-        batch,
-        body_sent,
-        deadline,
-        timeouts.upstream_response,
-    );
+    let timed_out = response_timeout(body_sent, deadline, timeouts.upstream_response);
     // The exchange and the timer raced in one `select!`, so the exchange's future has one place
     // in this function's state, not one per way the timer starts.
     let first = tokio::select! {

@@ -189,9 +189,8 @@ impl ClientConn {
     /// When to look at an HTTP/1.1 connection's timers next, and whether that is within
     /// [`park_after`] of now: when it may be parked, or when it is to be closed as idle; while a
     /// request is in flight, after [`park_after`] (a timer that ticks a few times a second on a
-    /// busy connection, instead of one reset per request). That tick also polls the request in
-    /// flight again, which its deferred response timer relies on
-    /// ([`crate::upstream::ResponseTimer::Deferred`]).
+    /// busy connection, instead of one reset per request), so that the connection is found idle
+    /// soon after its last request ends.
     pub(crate) fn next_check(&self, timeouts: &Timeouts) -> (Instant, bool) {
         let now = Instant::now();
         let park_after = park_after(timeouts);

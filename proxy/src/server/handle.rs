@@ -23,7 +23,7 @@ use crate::cors::{self, RateLimiter, RequestInfo, Verdict};
 use crate::error::{wants_json, ProxyError};
 use crate::forward;
 use crate::metrics::{ClientTimeout, Protocol};
-use crate::upstream::{PooledBody, ResponseTimer};
+use crate::upstream::PooledBody;
 
 /// "request failed" lines that may be written in a burst, then per second: an upstream that
 /// fails, or clients that make it fail, must not turn every request into a warning line.
@@ -210,14 +210,8 @@ async fn forward_or_answer(
                     limit,
                 })
             } else {
-                // An HTTP/1.1 connection's timer ticks while a request is in flight (see
-                // `ClientConn::next_check`), which lets the response timer wait; an HTTP/2 stream
-                // runs in a task of its own.
-                let timer = if req.version() == Version::HTTP_2 {
-                    ResponseTimer::Armed
-                } else {
-                    ResponseTimer::Deferred
-                };
+                // An HTTP/2 stream runs in a task of its own: nothing to batch its write with.
+                let batch_writes = req.version() != Version::HTTP_2;
                 forward::forward(
                     &proxy.pool,
                     &upstream,
@@ -225,7 +219,7 @@ async fn forward_or_answer(
                     &proxy.fixed.rules,
                     &conn.peer,
                     req,
-                    timer,
+                    batch_writes,
                 )
                 .await
             };

@@ -346,8 +346,8 @@ async fn run_hyper(
             return Poll::Ready(result.map(|()| end.unwrap_or(End::Finished)));
         }
         // hyper waits for the client, the upstream or the socket. A timer set far off (an idle
-        // spell) is brought near when a request starts (its response timer needs the tick) or a
-        // request head starts to come (its deadline), ending or not.
+        // spell) is brought near when a request starts (to find the connection idle soon after
+        // the request ends) or a request head starts to come (its deadline), ending or not.
         if !near {
             let now_seen = (conn.requests_started(), conn.head_started());
             if now_seen != seen {

@@ -12,8 +12,7 @@
 //! of its own for good ([`UpstreamConn::detach`] says why).
 //!
 //! Polls made without a waker ([`UpstreamConn::settle`], the response future while the connection
-//! is polled, [`ResponseTimer::Deferred`]) are made only where another poll is guaranteed: by the
-//! connection's own wake-up, or by the client connection's timer tick.
+//! is polled) are made only where another poll is guaranteed: by the connection's own wake-up.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -151,68 +150,19 @@ impl UpstreamConn {
     }
 }
 
-/// When the upstream response timer of a request without a body is armed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ResponseTimer {
-    /// At once (the request's task may not be polled again until the upstream answers).
-    Armed,
-    /// Only if the exchange is still pending once the request has been written. For callers
-    /// whose task is polled again within a bounded time while the request is in flight (an
-    /// HTTP/1.1 client connection's timer ticks a few times a second then): most upstreams
-    /// answer first, and a timer never armed costs nothing. The deadline is the same either way.
-    ///
-    /// The same callers batch their upstream writes: the request goes out at the task's next
-    /// poll, not at once (see [`await_response`]).
-    Deferred,
-}
-
-impl ResponseTimer {
-    /// Whether a request sent under this timer batches its write (a detached connection has a
-    /// task of its own, whose polls are not the request's).
-    pub fn batches(self, detached: bool) -> bool {
-        self == ResponseTimer::Deferred && !detached
-    }
-}
-
 /// Resolves when the upstream response timeout has passed: `timeout` after the request body was
 /// sent in full (`body_sent`), or at `deadline` for a request without a body.
 pub async fn response_timeout(
-    timer: ResponseTimer,
-    batch: bool,
     body_sent: Option<oneshot::Receiver<()>>,
     deadline: Instant,
     timeout: Duration,
 ) {
     match body_sent {
-        None => {
-            if timer == ResponseTimer::Deferred {
-                // A batching exchange's first poll only yields and its second writes; the timer
-                // is armed at the poll after the write, as without batching.
-                SkipPolls(if batch { 2 } else { 1 }).await;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
+        None => tokio::time::sleep_until(deadline).await,
         Some(body_sent) => {
             // A dropped sender (the body went away unfinished) starts the timer too.
             let _ = body_sent.await;
             tokio::time::sleep(timeout).await;
-        }
-    }
-}
-
-/// Pending at its first `n` polls without arranging a wake-up (the caller guarantees one, see
-/// [`ResponseTimer::Deferred`]), ready at the next.
-struct SkipPolls(u8);
-
-impl Future for SkipPolls {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-        if self.0 == 0 {
-            Poll::Ready(())
-        } else {
-            self.0 -= 1;
-            Poll::Pending
         }
     }
 }

@@ -15,5 +15,5 @@ pub mod pool;
 pub mod stream;
 
 pub use body::{ClientBody, UpstreamBody};
-pub use exchange::{ResponseTimer, UpstreamConn};
+pub use exchange::UpstreamConn;
 pub use pool::{Checkout, Pool, PooledBody};
