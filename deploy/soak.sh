@@ -12,6 +12,7 @@
 #   deploy/soak.sh                                  # 600 s against target/release (cargo build --release -p proxy -p app)
 #   deploy/soak.sh --duration 60 --bin-dir target/debug   # what CI runs
 #
+# The app's and the proxy's logs: SOAK_LOG_DIR (default target/soak-logs, replaced at each run).
 # Needs python3 and h2load (nghttp2-client). Without h2load: with CI=true this fails, otherwise the
 # HTTP/2 case is skipped with a message.
 set -euo pipefail
@@ -48,14 +49,17 @@ max_body_bytes=8192
 allowed_origin=https://app.example
 upstream_idle=2
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/soak.XXXXXX")
+# The app's and the proxy's logs (every request is in the proxy's access log) are kept here.
+export STACK_LOG_DIR=${SOAK_LOG_DIR:-target/soak-logs}
+rm -rf "$STACK_LOG_DIR"
 # shellcheck source=deploy/stack.sh
 source deploy/stack.sh
 cleanup() {
     local rc=$?
     stack_stop
     if ((rc != 0)) && [[ -n $STACK_LOGS && -f $STACK_LOGS/proxy.log ]]; then
-        echo "soak.sh: the last lines of the proxy's log:" >&2
-        tail -n 15 "$STACK_LOGS/proxy.log" | sed 's/^/  | /' >&2
+        echo "soak.sh: the proxy's and the app's logs are in $STACK_LOGS; the proxy's warnings:" >&2
+        grep -v '"level":"INFO"' "$STACK_LOGS/proxy.log" | tail -n 15 | sed 's/^/  | /' >&2
     fi
     rm -rf "$tmp"
     exit "$rc"

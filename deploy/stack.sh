@@ -8,7 +8,8 @@
 #   stack_stop                                     # SIGTERM both and wait (call it from the caller's EXIT trap)
 #
 # Both processes get an empty environment (PATH and a HOME inside WORK_DIR) and run in WORK_DIR, so
-# no PROXY_*/CORS variable, `.env` or cert/ folder of the caller's changes what is tested.
+# no PROXY_*/CORS variable, `.env` or cert/ folder of the caller's changes what is tested. Their
+# logs (JSON) go to STACK_LOG_DIR if set, else WORK_DIR/logs.
 
 STACK_PORT=""
 STACK_CA=""
@@ -44,8 +45,9 @@ stack_start() {
         [[ -x $bin/$name ]] || { echo "stack.sh: no executable $bin/$name: run 'cargo build -p app -p proxy' first" >&2; return 1; }
     done
     bin=$(cd "$bin" && pwd)
-    STACK_LOGS=$work/logs
+    STACK_LOGS=${STACK_LOG_DIR:-$work/logs}
     mkdir -p "$STACK_LOGS" "$work/home" "$work/data"
+    STACK_LOGS=$(cd "$STACK_LOGS" && pwd)
     local clean_env=(env -i PATH="$PATH" HOME="$work/home")
 
     # The local CA and a certificate from it (30 days: inside Mozilla's 366-day maximum lifespan).
@@ -54,6 +56,8 @@ stack_start() {
     STACK_CA=$work/data/ca.pem
     [[ -f $STACK_CA ]] || { echo "stack.sh: 'proxy cert' made no $STACK_CA" >&2; return 1; }
 
+    : >"$STACK_LOGS/app.log"
+    : >"$STACK_LOGS/proxy.log"
     (cd "$work" && exec "${clean_env[@]}" APP_LISTEN=127.0.0.1:0 APP_LOG_FORMAT=json "$bin/app") >"$STACK_LOGS/app.log" 2>&1 &
     STACK_APP_PID=$!
     local app_addr
