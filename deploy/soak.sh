@@ -12,7 +12,7 @@
 #   deploy/soak.sh                                  # 600 s against target/release (cargo build --release -p proxy -p app)
 #   deploy/soak.sh --duration 60 --bin-dir target/debug   # what CI runs
 #
-# The app's and the proxy's logs: SOAK_LOG_DIR (default target/soak-logs, replaced at each run).
+# The app's and the proxy's logs: SOAK_LOG_DIR (default target/soak-logs, rewritten at each run).
 # Needs python3 and h2load (nghttp2-client). Without h2load: with CI=true this fails, otherwise the
 # HTTP/2 case is skipped with a message.
 set -euo pipefail
@@ -49,9 +49,9 @@ max_body_bytes=8192
 allowed_origin=https://app.example
 upstream_idle=2
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/soak.XXXXXX")
-# The app's and the proxy's logs (every request is in the proxy's access log) are kept here.
+# The app's and the proxy's logs (every request is in the proxy's access log) are kept here; each
+# run truncates them.
 export STACK_LOG_DIR=${SOAK_LOG_DIR:-target/soak-logs}
-rm -rf "$STACK_LOG_DIR"
 # shellcheck source=deploy/stack.sh
 source deploy/stack.sh
 cleanup() {
