@@ -6,15 +6,11 @@
 # injection/ROBOT). It starts the demo app and the proxy (built binaries: DEV_BIN_DIR or --bin-dir,
 # default target/debug) on loopback with a certificate from a throw-away local CA, runs
 #   python -m sslyze --mozilla_config=intermediate --certinfo_ca_file=<that CA> localhost:PORT{127.0.0.1}
-# and fails on any finding it reports but the one named below. Takes about 5 s.
+# and fails on any finding it reports. Takes about 5 s.
 #
-# One finding is excused, by name: `certificate_path_validation`, the certificate-trust finding a
-# local-CA certificate necessarily produces: its chain ends at a throw-away CA that is in none of
-# sslyze's stores (Mozilla, Apple, ...). sslyze is handed that CA (--certinfo_ca_file), but its
-# validator (pyca/cryptography, strict RFC 5280) still refuses the chain, because `proxy cert`'s
-# leaf has no Authority Key Identifier extension (OpenSSL, browsers and rustls do not require it).
-# Every other finding fails the check. (sslyze's Mozilla check does not look at host names, OCSP
-# stapling or the 90-day *recommended* lifespan; the development certificate lives 30 days.)
+# sslyze is handed that CA (--certinfo_ca_file), so the certificate-trust checks pass too: every
+# finding fails the check. (sslyze's Mozilla check does not look at host names, OCSP stapling or
+# the 90-day *recommended* lifespan; the development certificate lives 30 days.)
 #
 # sslyze comes from SSLYZE_PYTHON, else /opt/sslyze-venv/bin/python (what .ci/run installs), else
 # python3. Without it: with CI=true this fails, otherwise it says so and skips (exit 0).
@@ -67,20 +63,13 @@ cat "$tmp/sslyze.out"
 
 # The findings are sslyze's "* name: description" lines under "FAILED - Not compliant". A scan that
 # did not complete prints neither verdict line, and fails here too.
-excused=(certificate_path_validation)
 if grep -q "localhost:$STACK_PORT.*: OK - Compliant" "$tmp/sslyze.out"; then
     ((rc == 0)) || { echo "tls-check.sh: FAILED: sslyze said compliant but exited $rc" >&2; exit 1; }
     echo "tls-check.sh: compliant with Mozilla's intermediate profile"
 elif grep -q "localhost:$STACK_PORT.*: FAILED - Not compliant" "$tmp/sslyze.out"; then
     findings=$(sed -n 's/^ *\* \([a-z0-9_]*\): .*/\1/p' "$tmp/sslyze.out")
-    [[ -n $findings ]] || { echo "tls-check.sh: FAILED: not compliant, but no finding could be read" >&2; exit 1; }
-    left=$(grep -vxF -f <(printf '%s\n' "${excused[@]}") <<<"$findings" || true)
-    if [[ -n $left ]]; then
-        echo "tls-check.sh: FAILED: findings against Mozilla's intermediate profile: $(tr "\n" " " <<<"$left")" >&2
-        exit 1
-    fi
-    echo "tls-check.sh: compliant with Mozilla's intermediate profile but for the excused" \
-        "finding(s) $(tr '\n' ' ' <<<"$findings")(a local-CA certificate: see this script's header)"
+    echo "tls-check.sh: FAILED: findings against Mozilla's intermediate profile: $(tr "\n" " " <<<"$findings")" >&2
+    exit 1
 else
     echo "tls-check.sh: FAILED: the scan did not complete (sslyze exit $rc): see its output above" >&2
     exit 1

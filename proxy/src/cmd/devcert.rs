@@ -76,6 +76,9 @@ pub fn generate(ca: &LocalCa, extra_names: &[String]) -> Result<DevCert, DevCert
     params.not_after = rcgen::date_time_ymd(y, m, d);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // Names the CA's key, as RFC 5280 §4.2.1.1 asks of a CA-issued certificate: strict
+    // validators (pyca/cryptography, hence sslyze) refuse a chain without it.
+    params.use_authority_key_identifier_extension = true;
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let cert = ca.sign(params, &key)?;
     Ok(DevCert {
@@ -270,6 +273,40 @@ mod tests {
         assert!(cert.key_pem.lines().next().unwrap().ends_with("KEY-----"));
         let left = cert.not_after.duration_since(SystemTime::now()).unwrap();
         assert!(left > VALIDITY - Duration::from_secs(86_400) && left <= VALIDITY);
+    }
+
+    /// The certificate names its issuer's key (Authority Key Identifier = the CA's Subject Key
+    /// Identifier): strict RFC 5280 validators refuse the chain without it.
+    #[test]
+    fn the_certificate_names_the_ca_key() {
+        use x509_parser::extensions::ParsedExtension;
+        use x509_parser::pem::parse_x509_pem;
+
+        let ca = LocalCa::generate().unwrap();
+        let cert = generate(&ca, &[]).unwrap();
+        let (_, ca_pem) = parse_x509_pem(ca.cert_pem.as_bytes()).unwrap();
+        let ca_cert = ca_pem.parse_x509().unwrap();
+        let ca_ski = ca_cert
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectKeyIdentifier(id) => Some(id.0.to_vec()),
+                _ => None,
+            })
+            .expect("the CA has a subject key identifier");
+        let (_, leaf_pem) = parse_x509_pem(cert.cert_pem.as_bytes()).unwrap();
+        let leaf = leaf_pem.parse_x509().unwrap();
+        let aki = leaf
+            .extensions()
+            .iter()
+            .find_map(|e| match e.parsed_extension() {
+                ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                    aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+                }
+                _ => None,
+            })
+            .expect("the certificate has an authority key identifier");
+        assert_eq!(aki, ca_ski);
     }
 
     #[test]
