@@ -396,8 +396,9 @@ async fn slowloris_heads_get_408_while_others_are_served() {
     proxy.shutdown().await;
 }
 
-/// Writes a request head a byte every 50 ms, without end, until the proxy closes the connection;
-/// says on `started` when its first byte is out. Returns what the proxy sent and the bytes written.
+/// Writes a request head a byte every 50 ms, without end, until the proxy closes the connection
+/// (panics after 20 s); says on `started` when its first byte is out. Returns what the proxy sent
+/// and the bytes written.
 async fn trickle(
     tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     started: tokio::sync::mpsc::UnboundedSender<()>,
@@ -410,7 +411,7 @@ async fn trickle(
     let writer = async {
         // The client's slowness is the attack; nothing here waits for the proxy.
         let mut pace = tokio::time::interval(Duration::from_millis(50));
-        for n in 0.. {
+        for n in 0..400 {
             pace.tick().await;
             let byte = head.as_bytes().get(n).copied().unwrap_or(b'a');
             if write.write_all(&[byte]).await.is_err() || write.flush().await.is_err() {
@@ -431,7 +432,7 @@ async fn trickle(
     let received = tokio::select! {
         biased;
         received = reader => received,
-        () = writer => unreachable!("the writer writes until the connection is closed"),
+        () = writer => panic!("20 s of a head, and the proxy neither answered nor closed"),
     };
     (received, sent.load(Ordering::SeqCst))
 }
