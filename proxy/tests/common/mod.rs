@@ -1,10 +1,12 @@
 //! Shared integration-test support: a test CA and server certificate made at run time (rcgen), a
 //! rustls client config trusting it, temporary directories, the recording test upstream
 //! ([`upstream`]), a proxy started on 127.0.0.1:0, TLS HTTP/1.1 and HTTP/2 client helpers, and
-//! the helpers of raw test upstreams. [`tls_server`] is a bare TLS server for the certificate tests.
+//! the helpers of raw test upstreams. [`tls_server`] is a bare TLS server for the certificate tests;
+//! [`frames`] a raw HTTP/2 client for the flood tests.
 
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod frames;
 pub mod tls_server;
 mod upstream;
 
