@@ -178,8 +178,9 @@ pub struct ProxyArgs {
     /// 408, the connection closed and the upstream request aborted.
     #[arg(long, env = "PROXY_BODY_READ_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_BODY_READ_TIMEOUT)]
     pub body_read_timeout: String,
-    /// Longest wait for a client to take more of a response (HTTP/1.1: a write that makes no
-    /// progress); then the connection is closed and its upstream connection released.
+    /// Longest wait for a client to take more of a response (a write that makes no progress);
+    /// then the connection is closed and its upstream connections released. Per HTTP/2 stream
+    /// too: a response waiting that long for the stream's flow-control window is reset.
     #[arg(long, env = "PROXY_SEND_TIMEOUT", value_name = "DURATION", default_value = DEFAULT_SEND_TIMEOUT)]
     pub send_timeout: String,
     /// Upstream connect timeout.

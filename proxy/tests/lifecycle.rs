@@ -1,12 +1,16 @@
 //! A client connection's deadlines through a real proxy: the handshake, header-read and idle
 //! timeouts, HTTP/1.1 keep-alive connections parked while idle (pipelining, a stray CRLF, a stalled
-//! upload), and configuration reload (swap and refusal).
+//! upload), the send timeout (HTTP/1.1, HTTP/2 streams and connections), and configuration reload
+//! (swap and refusal).
 
 mod common;
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -534,5 +538,187 @@ async fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
     // The upstream connection was released with it, not kept: the upstream's body stops.
     let after = upstream.body_bytes_sent.load(Ordering::SeqCst);
     assert!(after < SIZE, "{after}");
+    proxy.shutdown().await;
+}
+
+/// An HTTP/2 client connection made with `h2` itself, so that a test decides when a stream's
+/// flow-control window opens: nothing is released unless the test releases it.
+async fn raw_h2<T>(io: T, window: u32) -> h2::client::SendRequest<Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(window)
+        .initial_connection_window_size(i32::MAX as u32)
+        .handshake(io)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Sends `GET path` on a new stream of `client`; the `200` response's body.
+async fn raw_h2_get(client: &h2::client::SendRequest<Bytes>, path: &str) -> h2::RecvStream {
+    let request = http::Request::get(format!("https://localhost{path}"))
+        .body(())
+        .unwrap();
+    let mut client = client.clone().ready().await.unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
+}
+
+/// Reads a body to its end, opening the window as it goes; its length.
+async fn raw_h2_read_all(mut body: h2::RecvStream) -> usize {
+    let mut read = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        read += chunk.len();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    read
+}
+
+/// Reads what has arrived of a body whose window the client keeps shut, up to the error that
+/// ends it (`None` if it ended well).
+async fn raw_h2_error(mut body: h2::RecvStream) -> Option<h2::Error> {
+    let ended = async {
+        while let Some(chunk) = body.data().await {
+            if let Err(e) = chunk {
+                return Some(e);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("the stream ended")
+}
+
+#[tokio::test]
+async fn an_http2_stream_whose_window_stays_shut_is_reset_after_the_send_timeout() {
+    const SIZE: u64 = 256 << 20;
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--send-timeout", "300ms"]).await;
+    let tls = common::tls_connect(&pki, proxy.addr, &[b"h2"])
+        .await
+        .unwrap();
+    let client = raw_h2(tls, 16 * 1024).await;
+    // This stream's window is never opened: its response stalls after the first 16 KiB.
+    let stalled = raw_h2_get(&client, &format!("/bytes/{SIZE}")).await;
+    // Meanwhile, another stream on the connection that reads is served.
+    let body = raw_h2_get(&client, "/bytes/262144").await;
+    assert_eq!(raw_h2_read_all(body).await, 262_144);
+
+    until_metric(&proxy, "proxy_client_timeouts_total{phase=\"send\"} 1").await;
+    let reset = raw_h2_error(stalled).await.expect("a reset, not the end");
+    assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+    // The upstream connection was released with the stream: its body stops.
+    let sent = upstream.body_bytes_sent.load(Ordering::SeqCst);
+    assert!(sent < SIZE, "the whole body went: {sent}");
+    // The connection goes on.
+    let body = raw_h2_get(&client, "/bytes/262144").await;
+    assert_eq!(raw_h2_read_all(body).await, 262_144);
+    let metrics = proxy.proxy.metrics().encode().unwrap();
+    assert!(metrics.contains("proxy_client_timeouts_total{phase=\"send\"} 1\n"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_stream_waiting_on_a_slow_upstream_is_not_cut_by_the_send_timeout() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--send-timeout", "300ms"]).await;
+    let tls = common::tls_connect(&pki, proxy.addr, &[b"h2"])
+        .await
+        .unwrap();
+    let client = raw_h2(tls, 16 * 1024).await;
+    let mut slow = raw_h2_get(&client, "/held-stream").await;
+    let first = slow.data().await.unwrap().unwrap();
+    assert_eq!(first, "first ");
+    // A stream the client stalls, started after: its reset marks that the slow stream has waited
+    // on its upstream for longer than the send timeout.
+    let stalled = raw_h2_get(&client, "/bytes/268435456").await;
+    until_metric(&proxy, "proxy_client_timeouts_total{phase=\"send\"} 1").await;
+    assert!(raw_h2_error(stalled).await.is_some());
+
+    upstream.release_held();
+    let mut rest = Vec::new();
+    while let Some(chunk) = slow.data().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(rest, b"last");
+    let metrics = proxy.proxy.metrics().encode().unwrap();
+    assert!(metrics.contains("proxy_client_timeouts_total{phase=\"send\"} 1\n"));
+    proxy.shutdown().await;
+}
+
+/// A client stream that stops reading (at the TCP level) once `reading` is cleared: its reads
+/// never complete after that, while its writes go on.
+struct StopReading<T> {
+    io: T,
+    reading: Arc<AtomicBool>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for StopReading<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.reading.load(Ordering::SeqCst) {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for StopReading<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_http2_client_that_reads_nothing_is_closed_after_the_send_timeout() {
+    const SIZE: u64 = 256 << 20;
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--send-timeout", "300ms"]).await;
+    let tls = common::tls_connect(&pki, proxy.addr, &[b"h2"])
+        .await
+        .unwrap();
+    let reading = Arc::new(AtomicBool::new(true));
+    let io = StopReading {
+        io: tls,
+        reading: reading.clone(),
+    };
+    // Windows wide open: only the socket holds the proxy's writes back.
+    let client = raw_h2(io, i32::MAX as u32).await;
+    let _body = raw_h2_get(&client, &format!("/bytes/{SIZE}")).await;
+    reading.store(false, Ordering::SeqCst);
+    // The proxy's writes stall; after the send timeout the connection is closed.
+    until_metric(&proxy, "proxy_client_connections_open 0").await;
+    let metrics = proxy.proxy.metrics().encode().unwrap();
+    assert!(
+        !metrics.contains("proxy_client_timeouts_total{phase=\"send\"} 0\n"),
+        "{metrics}"
+    );
+    let sent = upstream.body_bytes_sent.load(Ordering::SeqCst);
+    assert!(sent < SIZE, "the whole body went: {sent}");
     proxy.shutdown().await;
 }

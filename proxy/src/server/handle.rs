@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::conn::ClientConn;
+use super::send_timeout;
 use crate::config::Upstream;
 use crate::cors::{self, RateLimiter, RequestInfo, Verdict};
 use crate::error::{wants_json, ProxyError};
@@ -93,10 +94,17 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut yielded_data = false;
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.log.bytes += data.len() as u64;
+                yielded_data = true;
             }
+        }
+        // An HTTP/2 stream's send timeout runs while a yielded frame waits for the client's
+        // window, never while the body waits on the upstream (see `StreamExecutor`).
+        if this.log.protocol == Protocol::Http2 {
+            send_timeout::body_polled(yielded_data);
         }
         polled
     }

@@ -32,11 +32,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::{debug, trace};
 
 use super::conn::ClientConn;
 use super::handle::{handle, ProxyBody};
+use super::send_timeout::SendTimeoutIo;
 use crate::config::Timeouts;
 use crate::forward::tunnel::tunnel;
 use crate::metrics::ClientTimeout;
@@ -52,18 +53,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The client's TLS stream as hyper sees it: bytes already read (by a parked connection, or left
 /// in the previous hyper connection's buffer) come first. It also records whether everything
 /// written has been flushed, because only then can the connection be parked without losing bytes.
-/// Writes that make no progress for the send timeout fail it (see [`ClientIo::stalled`]).
+/// Writes that make no progress for the send timeout fail (see [`SendTimeoutIo`]).
 pub(crate) struct ClientIo {
     /// Boxed: the stream is moved between hyper, the parked state and a tunnel, and each place
     /// would otherwise keep room for its 1.2 KB in the connection's task.
-    tls: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+    tls: Box<SendTimeoutIo<tokio_rustls::server::TlsStream<TcpStream>>>,
     prefix: Bytes,
     conn: Arc<ClientConn>,
-    /// When a write that has made no progress since gives up; made at the first write that
-    /// waits (a client that reads never needs one).
-    send_deadline: Option<Pin<Box<Sleep>>>,
-    /// Whether the last write (or flush) waited: the deadline runs from the first of such waits.
-    waiting: bool,
 }
 
 impl ClientIo {
@@ -71,46 +67,16 @@ impl ClientIo {
         tls: tokio_rustls::server::TlsStream<TcpStream>,
         conn: Arc<ClientConn>,
     ) -> ClientIo {
+        let send_timeout = conn.proxy.fixed.timeouts.send;
         ClientIo {
-            tls: Box::new(tls),
+            tls: Box::new(SendTimeoutIo::new(
+                tls,
+                send_timeout,
+                conn.proxy.metrics.clone(),
+            )),
             prefix: Bytes::new(),
             conn,
-            send_deadline: None,
-            waiting: false,
         }
-    }
-
-    /// The send timeout: after a write or flush returned `poll`, fails it when writes have made
-    /// no progress for `PROXY_SEND_TIMEOUT`. A client that stops reading (or never reads a large
-    /// response) would otherwise hold its connection slot, and the upstream connection its
-    /// response comes from, for ever. Failing the write ends hyper's connection, which drops the
-    /// response body and so closes (never pools) the upstream connection.
-    fn stalled<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: Poll<std::io::Result<T>>,
-    ) -> Poll<std::io::Result<T>> {
-        if poll.is_ready() {
-            self.waiting = false;
-            return poll;
-        }
-        let timeout = self.conn.proxy.fixed.timeouts.send;
-        let deadline = self
-            .send_deadline
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        if !self.waiting {
-            self.waiting = true;
-            deadline.as_mut().reset(Instant::now() + timeout);
-        }
-        if deadline.as_mut().poll(cx).is_ready() {
-            debug!(phase = "send", timeout = ?timeout, "client took nothing of the response in time: closing");
-            self.conn.proxy.metrics.client_timeout(ClientTimeout::Send);
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "send timeout",
-            )));
-        }
-        Poll::Pending
     }
 
     /// Puts `bytes` in front of what is still to be read.
@@ -155,8 +121,7 @@ impl AsyncWrite for ClientIo {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.conn.unflushed.store(true, Ordering::Relaxed);
-        let poll = Pin::new(&mut self.tls).poll_write(cx, buf);
-        self.stalled(cx, poll)
+        Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -165,8 +130,7 @@ impl AsyncWrite for ClientIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         self.conn.unflushed.store(true, Ordering::Relaxed);
-        let poll = Pin::new(&mut self.tls).poll_write_vectored(cx, bufs);
-        self.stalled(cx, poll)
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -178,7 +142,7 @@ impl AsyncWrite for ClientIo {
         if let Poll::Ready(Ok(())) = poll {
             self.conn.unflushed.store(false, Ordering::Relaxed);
         }
-        self.stalled(cx, poll)
+        poll
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -5,6 +5,7 @@
 //! - `conn`: one client connection's state and deadlines;
 //! - `http1`: HTTP/1.1 connections (parking, tunnels); HTTP/2 is hyper's connection, run here;
 //! - `handle`: one request, from the CORS verdict to the access-log line;
+//! - `send_timeout`: the send timeout, for a connection's writes and for each HTTP/2 stream;
 //! - [`redirect`]: the optional plain-HTTP listener that redirects to https;
 //! - [`admin`]: the optional plain-HTTP listener for operators (health, readiness, metrics).
 
@@ -14,6 +15,7 @@ mod conn;
 mod handle;
 mod http1;
 pub mod redirect;
+mod send_timeout;
 pub mod state;
 
 use std::future::Future;
@@ -23,20 +25,20 @@ use std::sync::Arc;
 
 use hyper::server::conn::{http1 as hyper_http1, http2 as hyper_http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::client_auth;
-use crate::config::FixedSettings;
 use crate::metrics::{ClientTimeout, HandshakeFailure, TlsVersion};
 use accept::accept;
 pub use admin::serve_admin;
 use conn::ClientConn;
 use handle::handle;
 pub use redirect::serve_redirect;
+use send_timeout::{SendTimeoutIo, StreamExecutor};
 pub use state::{CertReloader, Proxy};
 
 /// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown` resolves, then stops
@@ -46,7 +48,7 @@ pub async fn run(
     proxy: Arc<Proxy>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let builders = Arc::new(Builders::new(&proxy.fixed));
+    let builders = Arc::new(Builders::new(&proxy));
     let acceptor = tokio_rustls::TlsAcceptor::from(proxy.tls.clone());
     let max_connections = proxy.fixed.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
@@ -125,11 +127,12 @@ const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// The connection builders, one per protocol; ALPN names the protocol in the handshake.
 struct Builders {
     http1: hyper_http1::Builder,
-    http2: hyper_http2::Builder<TokioExecutor>,
+    http2: hyper_http2::Builder<StreamExecutor>,
 }
 
 impl Builders {
-    fn new(settings: &FixedSettings) -> Builders {
+    fn new(proxy: &Proxy) -> Builders {
+        let settings = &proxy.fixed;
         let limits = &settings.limits;
         let header_list_size = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
         let mut http1 = hyper_http1::Builder::new();
@@ -138,7 +141,9 @@ impl Builders {
         http1
             .max_buf_size(limits.max_header_bytes)
             .max_headers(limits.max_headers);
-        let mut http2 = hyper_http2::Builder::new(TokioExecutor::new());
+        // Each stream's task keeps the send timeout for its response (see `StreamExecutor`).
+        let executor = StreamExecutor::new(settings.timeouts.send, proxy.metrics.clone());
+        let mut http2 = hyper_http2::Builder::new(executor);
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(header_list_size)
@@ -262,9 +267,16 @@ async fn serve_connection(
                 // times on the way; a pointer moves cheaper than the request's whole state.
                 service_fn(move |req| Box::pin(handle(conn.clone(), req)))
             };
+            // The connection's writes keep the send timeout: a client that reads nothing at all
+            // stalls every stream at once, which ends the connection.
+            let io = SendTimeoutIo::new(
+                tls,
+                conn.proxy.fixed.timeouts.send,
+                conn.proxy.metrics.clone(),
+            );
             // Boxed: HTTP/2's connection state is large (and an idle HTTP/1.1 connection's task
             // would otherwise keep room for it).
-            let connection = Box::pin(builders.http2.serve_connection(TokioIo::new(tls), service));
+            let connection = Box::pin(builders.http2.serve_connection(TokioIo::new(io), service));
             serve_http2(
                 connection,
                 |c| c.get_mut().as_mut().graceful_shutdown(),

@@ -39,6 +39,8 @@ type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// - `/collect`: answers, once the whole request body is in, with its length;
 /// - `/hang`: never answers;
 /// - `/held`: answers `held` once the test calls [`TestUpstream::release_held`];
+/// - `/held-stream`: answers at once with a body of `first `, and `last` once the test calls
+///   [`TestUpstream::release_held`] (a slow streaming body, like server-sent events);
 /// - `/sleep/MS`: answers `slept` after MS milliseconds (a backend that takes its time);
 /// - `/ws`: accepts an upgrade (101) and echoes bytes on the upgraded connection;
 /// - `/switch/PROTO`: answers 101 naming PROTO, whatever the request asked for (a lenient
@@ -217,6 +219,16 @@ async fn upstream_service(
         // An error means the upstream is gone; the response no longer matters.
         let _ = released.wait_for(|released| *released).await;
         Response::new(full("held"))
+    } else if path == "/held-stream" {
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let _ = tx.try_send(Bytes::from_static(b"first "));
+        let mut released = shared.released;
+        tokio::spawn(async move {
+            // An error means the upstream is gone; the body no longer matters.
+            let _ = released.wait_for(|released| *released).await;
+            let _ = tx.send(Bytes::from_static(b"last")).await;
+        });
+        Response::new(super::ChannelBody(rx).map_err(|e| match e {}).boxed())
     } else if let Some(ms) = path.strip_prefix("/sleep/") {
         // Real time: backend latency under load, which no test waits out (`/held` is the event).
         tokio::time::sleep(Duration::from_millis(ms.parse().expect("ms"))).await;
