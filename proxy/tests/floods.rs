@@ -2,7 +2,8 @@
 //! reset, streams the proxy resets for protocol errors, and an endless header block, each sent as
 //! raw frames ([`common::frames`]) one connection after another while a legitimate client is
 //! served; each test asserts the proxy's GOAWAY, that it closed the connection after a bounded part
-//! of the attack, and what the upstream got. HTTP/1.1: slowloris heads on many connections.
+//! of the attack, and what the upstream got. A PING flood that reads nothing is closed by the send
+//! timeout. HTTP/1.1: slowloris heads on many connections.
 
 mod common;
 
@@ -347,6 +348,48 @@ async fn an_endless_header_block_is_cut_short() {
         rounds.iter().map(|r| r.sent).collect::<Vec<_>>()
     );
     assert_eq!(flood_requests_upstream(&upstream), 0);
+    proxy.shutdown().await;
+}
+
+/// A PING flood from a client that never reads: h2 acknowledges each PING before it reads on, so
+/// the unread acknowledgements fill the socket, the proxy's writes stall, and the send timeout
+/// closes the connection (a GOAWAY could never reach such a client). A legitimate client is
+/// served meanwhile.
+#[tokio::test]
+async fn a_ping_flood_that_reads_nothing_is_closed_after_the_send_timeout() {
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--send-timeout", "300ms"]).await;
+    let tls = frames::handshake(pki.client_config_alpn(&[b"h2"]), proxy.addr).await;
+    // From here on nothing is read.
+    let (_unread, mut write) = tokio::io::split(tls);
+    let mut batch = Vec::new();
+    for i in 0..1024u64 {
+        frames::push_frame(&mut batch, frames::PING, 0, 0, &i.to_be_bytes());
+    }
+    let flood = async {
+        let mut sent = 0usize;
+        while write.write_all(&batch).await.is_ok() {
+            sent += batch.len();
+        }
+        sent
+    };
+    let mut legit = h2::<Empty<Bytes>>(&pki, proxy.addr).await;
+    let request = Request::builder()
+        .version(Version::HTTP_2)
+        .uri(format!("https://localhost:{}/legit", proxy.addr.port()))
+        .body(Empty::new())
+        .unwrap();
+    let (sent, response) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(30), flood),
+        legit.send_request(request)
+    );
+    let sent = sent.expect("the flooding connection was closed");
+    let (status, _, _) = collect(response.expect("the legitimate client's response")).await;
+    assert_eq!(status, StatusCode::OK);
+    common::until_metric(&proxy, "proxy_client_timeouts_total{phase=\"send\"} 1").await;
+    // Bounded by the socket buffers, not by the flood.
+    assert!(sent < 64 << 20, "{sent} bytes of PINGs taken");
     proxy.shutdown().await;
 }
 

@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{collect, get, h1, TestPki, TestProxy, TestUpstream};
+use common::{collect, get, h1, until_metric, TestPki, TestProxy, TestUpstream};
 use http::StatusCode;
 use http_body_util::Empty;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -454,20 +454,6 @@ async fn a_request_head_that_trickles_in_past_the_header_read_timeout_gets_408()
     check(slow_head(tls).await);
     assert_eq!(upstream.seen().len(), 1);
     proxy.shutdown().await;
-}
-
-/// Waits until the proxy's metrics contain `line` (a counter reached its value), failing after
-/// 10 s.
-async fn until_metric(proxy: &TestProxy, line: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let metrics = proxy.proxy.metrics().encode().unwrap();
-        if metrics.contains(line) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no {line} in:\n{metrics}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -17,6 +17,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const CONTINUATION: u8 = 0x9;
 

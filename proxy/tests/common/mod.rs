@@ -488,3 +488,20 @@ pub async fn read_request_head(
         }
     }
 }
+
+/// Waits until the proxy's metrics contain `line` (a counter reached its value), failing after
+/// 10 s.
+pub async fn until_metric(proxy: &TestProxy, line: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = proxy.proxy.metrics().encode().unwrap();
+        if metrics.contains(line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line} in:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
