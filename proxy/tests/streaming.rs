@@ -1,18 +1,23 @@
 //! Streaming through the proxy: a 10 MiB body both ways (HTTP/1.1 and HTTP/2) while the
 //! process's peak memory stays far below the body size, and backpressure: a client that stops
-//! reading a 64 MiB download stops the upstream's writing too. Kept in its own test binary so no
-//! other test's allocations move the high-water mark; the tests here take turns (`SERIAL`).
+//! reading a 64 MiB download stops the upstream's writing too; and 48 clients at once that read
+//! nothing of their responses, or stall their uploads, hold bounded memory until their timeouts
+//! close them. Kept in its own test binary so no other test's allocations move the high-water
+//! mark; the tests here take turns (`SERIAL`).
 
 mod common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use bytes::Bytes;
 use common::{h1, h2, Repeat, TestPki, TestProxy, TestUpstream};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 /// One test at a time: the memory test reads the process-wide peak RSS.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -165,13 +170,13 @@ async fn small_buffer_tls(
     pki: &TestPki,
     addr: std::net::SocketAddr,
     alpn: &[u8],
-) -> hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(TEST_SOCKET_BUFFER).unwrap();
     let tcp = socket.connect(addr).await.unwrap();
     let connector = tokio_rustls::TlsConnector::from(pki.client_config_alpn(&[alpn]));
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    hyper_util::rt::TokioIo::new(connector.connect(name, tcp).await.unwrap())
+    connector.connect(name, tcp).await.unwrap()
 }
 
 /// The upstream counts as settled when it has let go of no byte for this long. Real time:
@@ -183,17 +188,18 @@ const SETTLED: Duration = Duration::from_millis(500);
 const SETTLE_DEADLINE: Duration = Duration::from_secs(20);
 
 /// Waits until the upstream stops writing (no body progress for [`SETTLED`]) and returns what it
-/// has written.
-async fn settled(upstream: &TestUpstream) -> u64 {
+/// has written, failing as soon as that reaches `limit` (without backpressure it would go on
+/// until the process runs out of memory).
+async fn settled(upstream: &TestUpstream, limit: u64) -> u64 {
     let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
     while tokio::time::timeout(SETTLED, upstream.body_progress.notified())
         .await
         .is_ok()
     {
+        let sent = upstream.body_bytes_sent.load(Ordering::SeqCst);
         assert!(
-            tokio::time::Instant::now() < deadline,
-            "the upstream kept writing ({} bytes so far) while the client read nothing",
-            upstream.body_bytes_sent.load(Ordering::SeqCst)
+            sent < limit && tokio::time::Instant::now() < deadline,
+            "the upstream kept writing ({sent} bytes so far) while the clients read nothing"
         );
     }
     upstream.body_bytes_sent.load(Ordering::SeqCst)
@@ -211,7 +217,7 @@ async fn throttled_then_complete(
     let read = read_until(&mut body, 0, READ_FIRST).await;
     assert!(read >= READ_FIRST, "the body ended after {read} bytes");
 
-    let written = settled(upstream).await;
+    let written = settled(upstream, MAX_IN_TRANSIT).await;
     assert!(
         written < MAX_IN_TRANSIT,
         "the upstream wrote {written} bytes while the client had read {read}: no backpressure"
@@ -234,7 +240,7 @@ async fn paused_http1_client_throttles_the_upstream_then_gets_every_byte() {
     let pki = TestPki::new();
     let upstream = small_buffer_upstream().await;
     let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
-    let io = small_buffer_tls(&pki, proxy.addr, b"http/1.1").await;
+    let io = TokioIo::new(small_buffer_tls(&pki, proxy.addr, b"http/1.1").await);
     let (mut client, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
     tokio::spawn(conn);
     reset_peak_rss();
@@ -253,7 +259,7 @@ async fn paused_http2_client_throttles_the_upstream_then_gets_every_byte() {
     let pki = TestPki::new();
     let upstream = small_buffer_upstream().await;
     let proxy = TestProxy::start(&pki, upstream.addr, &[]).await;
-    let io = small_buffer_tls(&pki, proxy.addr, b"h2").await;
+    let io = TokioIo::new(small_buffer_tls(&pki, proxy.addr, b"h2").await);
     let (mut client, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
         hyper_util::rt::TokioExecutor::new(),
         io,
@@ -272,5 +278,237 @@ async fn paused_http2_client_throttles_the_upstream_then_gets_every_byte() {
     let baseline = peak_rss();
     let response = client.send_request(request).await.unwrap();
     throttled_then_complete(&upstream, response, baseline).await;
+    proxy.shutdown().await;
+}
+
+/// Slow clients at once: HTTP/1.1 connections, and HTTP/2 connections carrying
+/// [`SLOW_H2_STREAMS`] streams each.
+const SLOW_H1: usize = 32;
+const SLOW_H2_CONNECTIONS: usize = 2;
+const SLOW_H2_STREAMS: usize = 8;
+const SLOW_TOTAL: usize = SLOW_H1 + SLOW_H2_CONNECTIONS * SLOW_H2_STREAMS;
+/// The flow-control window of each slow HTTP/2 client's streams (h2's default), never opened.
+const SLOW_H2_WINDOW: u32 = 65_535;
+
+/// How much the upstream may write in all to [`SLOW_TOTAL`] clients that read nothing of their
+/// 64 MiB responses (3 GiB in all): 16 MiB per response. What may sit between a response's
+/// upstream and its client is mostly kernel memory: the upstream's 64 KiB send buffer, the
+/// proxy's receive buffer from it and its send buffer to the client (autotuned on loopback, up
+/// to `tcp_rmem` and `tcp_wmem` maxima of 32 and 4 MiB here: measured about 5 MiB a response),
+/// the client's 64 KiB receive buffer (over HTTP/2: the 64 KiB window); plus what the proxy
+/// holds, bounded below. Without backpressure the upstream writes everything, and [`settled`]
+/// fails as soon as it passes this.
+const SLOW_READERS_MAX_SENT: u64 = SLOW_TOTAL as u64 * 16 * 1024 * 1024;
+/// Peak-memory growth allowed while the slow readers hold their responses: what of the above is
+/// in user space (hyper's buffers, rustls's records, the HTTP/2 client's unread window), at most
+/// about 1 MiB a response; measured 33 MiB (about 700 KiB a response). A proxy that read its upstream ahead of the client
+/// would hold what the upstream wrote beyond this, and one buffering responses whole 3 GiB.
+const SLOW_READERS_MAX_GROWTH: u64 = SLOW_TOTAL as u64 * 1024 * 1024;
+/// The send timeout that closes the slow readers once the test has measured them: long enough
+/// that none is closed before the upstream has settled on a loaded machine.
+const SLOW_SEND_TIMEOUT: &str = "10s";
+
+/// An HTTP/2 client made with `h2` itself, whose streams' windows stay shut unless released.
+async fn raw_h2(pki: &TestPki, addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tls = common::tls_connect(pki, addr, &[b"h2"]).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(SLOW_H2_WINDOW)
+        .initial_connection_window_size(SLOW_H2_WINDOW * SLOW_H2_STREAMS as u32)
+        .handshake(tls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn many_clients_that_read_nothing_hold_bounded_memory_until_the_send_timeout() {
+    let _serial = SERIAL.lock().await;
+    let pki = TestPki::new();
+    let upstream = small_buffer_upstream().await;
+    let proxy = TestProxy::start(&pki, upstream.addr, &["--send-timeout", SLOW_SEND_TIMEOUT]).await;
+    // Handshakes first: the baseline includes every connection, the growth is the responses'.
+    let mut h1_clients = Vec::new();
+    for _ in 0..SLOW_H1 {
+        h1_clients.push(small_buffer_tls(&pki, proxy.addr, b"http/1.1").await);
+    }
+    let mut h2_clients = Vec::new();
+    for _ in 0..SLOW_H2_CONNECTIONS {
+        h2_clients.push(raw_h2(&pki, proxy.addr).await);
+    }
+    reset_peak_rss();
+    let baseline = peak_rss();
+
+    let head = format!("GET /bytes/{LARGE} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    for tls in &mut h1_clients {
+        tls.write_all(head.as_bytes()).await.unwrap();
+    }
+    let mut h2_bodies = Vec::new();
+    for client in &h2_clients {
+        for _ in 0..SLOW_H2_STREAMS {
+            let request = Request::get(format!("https://localhost/bytes/{LARGE}"))
+                .body(())
+                .unwrap();
+            let mut client = client.clone().ready().await.unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            let response = response.await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            h2_bodies.push(response.into_body());
+        }
+    }
+
+    let sent = settled(&upstream, SLOW_READERS_MAX_SENT).await;
+    let growth = peak_rss().saturating_sub(baseline);
+    eprintln!(
+        "{SLOW_TOTAL} slow readers: upstream sent {sent} bytes, peak memory grew by {growth}"
+    );
+    assert!(
+        growth < SLOW_READERS_MAX_GROWTH,
+        "peak memory grew by {growth} bytes while {SLOW_TOTAL} clients read nothing"
+    );
+
+    // The send timeout closes every HTTP/1.1 connection and resets every HTTP/2 stream.
+    common::until_metric_within(
+        &proxy,
+        &format!("proxy_client_timeouts_total{{phase=\"send\"}} {SLOW_TOTAL}\n"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let open = format!("proxy_client_connections_open {SLOW_H2_CONNECTIONS}\n");
+    common::until_metric(&proxy, &open).await;
+    for body in h2_bodies {
+        let mut body = body;
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(chunk) = body.data().await {
+                if let Err(e) = chunk {
+                    return Some(e);
+                }
+            }
+            None
+        })
+        .await
+        .expect("the stream ended");
+        let reset = ended.expect("a reset, not the end");
+        assert_eq!(reset.reason(), Some(h2::Reason::CANCEL), "{reset}");
+    }
+    drop((h1_clients, h2_clients));
+    proxy.shutdown().await;
+}
+
+/// What each slow upload sends of its declared [`LARGE`] body before it stalls.
+const UPLOAD_SENT: u64 = 2 * 1024 * 1024;
+/// Peak-memory growth allowed while [`SLOW_TOTAL`] uploads stall: per upload, hyper's read
+/// buffer (it grows to about 400 KiB while the client sends), rustls's records and the HTTP/2
+/// windows on either side; measured 25 MiB (about 550 KiB an upload, whether 1 or 2 MiB were
+/// sent). A proxy that buffered request bodies instead of streaming them would hold the 96 MiB
+/// sent (and the upstream would not receive them: the test waits for that first).
+const SLOW_UPLOADS_MAX_GROWTH: u64 = SLOW_TOTAL as u64 * 1024 * 1024;
+/// The body-read timeout of the slow uploads: short, but long enough that all of them stall at
+/// once on a loaded machine.
+const SLOW_BODY_TIMEOUT: &str = "1s";
+
+#[tokio::test]
+async fn many_stalled_uploads_hold_bounded_memory_and_each_gets_408() {
+    let _serial = SERIAL.lock().await;
+    let pki = TestPki::new();
+    let upstream = TestUpstream::start().await;
+    let max_body = (2 * LARGE).to_string();
+    let proxy = TestProxy::start(
+        &pki,
+        upstream.addr,
+        &[
+            "--body-read-timeout",
+            SLOW_BODY_TIMEOUT,
+            "--max-body-bytes",
+            &max_body,
+        ],
+    )
+    .await;
+    let mut h1_clients = Vec::new();
+    for _ in 0..SLOW_H1 {
+        h1_clients.push(
+            common::tls_connect(&pki, proxy.addr, &[b"http/1.1"])
+                .await
+                .unwrap(),
+        );
+    }
+    let mut h2_clients = Vec::new();
+    for _ in 0..SLOW_H2_CONNECTIONS {
+        h2_clients.push(h2::<common::ChannelBody>(&pki, proxy.addr).await);
+    }
+    let piece = Bytes::from(vec![b'x'; 64 * 1024]);
+    reset_peak_rss();
+    let baseline = peak_rss();
+
+    // HTTP/1.1: the head declaring 64 MiB, 1 MiB of it, then nothing.
+    let head =
+        format!("POST /collect HTTP/1.1\r\nHost: localhost\r\nContent-Length: {LARGE}\r\n\r\n");
+    for tls in &mut h1_clients {
+        tls.write_all(head.as_bytes()).await.unwrap();
+        for _ in 0..UPLOAD_SENT / piece.len() as u64 {
+            tls.write_all(&piece).await.unwrap();
+        }
+        tls.flush().await.unwrap();
+    }
+    // HTTP/2: the same on streams whose senders the test keeps (so the bodies never end).
+    let mut h2_uploads = Vec::new();
+    for client in &mut h2_clients {
+        for _ in 0..SLOW_H2_STREAMS {
+            let pieces = (UPLOAD_SENT / piece.len() as u64) as usize;
+            let (tx, rx) = tokio::sync::mpsc::channel(pieces);
+            for _ in 0..pieces {
+                tx.try_send(piece.clone()).unwrap();
+            }
+            let request = Request::builder()
+                .method("POST")
+                .uri(format!("https://localhost:{}/collect", proxy.addr.port()))
+                .header("content-length", LARGE)
+                .body(common::ChannelBody(rx))
+                .unwrap();
+            h2_uploads.push((tokio::spawn(client.send_request(request)), tx));
+        }
+    }
+
+    // Streamed, not stored: every byte sent reaches the upstream before the bodies time out.
+    let all = SLOW_TOTAL as u64 * UPLOAD_SENT;
+    let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
+    loop {
+        let received = upstream.body_bytes_received.load(Ordering::SeqCst);
+        if received >= all {
+            break;
+        }
+        let waited = tokio::time::timeout_at(deadline, upstream.body_received.notified()).await;
+        assert!(
+            waited.is_ok(),
+            "the upstream received {received} of {all} bytes"
+        );
+    }
+
+    let line = format!("proxy_client_timeouts_total{{phase=\"body_read\"}} {SLOW_TOTAL}\n");
+    common::until_metric_within(&proxy, &line, Duration::from_secs(60)).await;
+    for mut tls in h1_clients {
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut received))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    }
+    for (response, tx) in h2_uploads {
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered once the body stalls")
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+        drop(tx);
+    }
+    let growth = peak_rss().saturating_sub(baseline);
+    eprintln!("{SLOW_TOTAL} stalled uploads: peak memory grew by {growth}");
+    assert!(
+        growth < SLOW_UPLOADS_MAX_GROWTH,
+        "peak memory grew by {growth} bytes while {SLOW_TOTAL} uploads stalled"
+    );
     proxy.shutdown().await;
 }

@@ -492,7 +492,12 @@ pub async fn read_request_head(
 /// Waits until the proxy's metrics contain `line` (a counter reached its value), failing after
 /// 10 s.
 pub async fn until_metric(proxy: &TestProxy, line: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    until_metric_within(proxy, line, Duration::from_secs(10)).await;
+}
+
+/// [`until_metric`], failing after `within`.
+pub async fn until_metric_within(proxy: &TestProxy, line: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
     loop {
         let metrics = proxy.proxy.metrics().encode().unwrap();
         if metrics.contains(line) {

@@ -36,7 +36,8 @@ type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// A plain-HTTP/1.1 upstream that records every request head. Routes:
 /// - `/echo`: streams the request body back;
 /// - `/bytes/N`: streams N bytes (counted in `body_bytes_sent`);
-/// - `/collect`: answers, once the whole request body is in, with its length;
+/// - `/collect`: answers, once the whole request body is in, with its length (counting the bytes
+///   in `body_bytes_received` as they come, holding none);
 /// - `/hang`: never answers;
 /// - `/held`: answers `held` once the test calls [`TestUpstream::release_held`];
 /// - `/held-stream`: answers at once with a body of `first `, and `last` once the test calls
@@ -60,6 +61,10 @@ pub struct TestUpstream {
     pub body_bytes_sent: Arc<AtomicU64>,
     /// Notified whenever `body_bytes_sent` grows.
     pub body_progress: Arc<Notify>,
+    /// Bytes of `/collect` request bodies received so far.
+    pub body_bytes_received: Arc<AtomicU64>,
+    /// Notified whenever `body_bytes_received` grows.
+    pub body_received: Arc<Notify>,
     release: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -92,6 +97,8 @@ struct Shared {
     arrived: Arc<Notify>,
     sent: Arc<AtomicU64>,
     progress: Arc<Notify>,
+    received: Arc<AtomicU64>,
+    received_progress: Arc<Notify>,
     released: watch::Receiver<bool>,
 }
 
@@ -127,6 +134,8 @@ impl TestUpstream {
             arrived: Arc::new(Notify::new()),
             sent: Arc::new(AtomicU64::new(0)),
             progress: Arc::new(Notify::new()),
+            received: Arc::new(AtomicU64::new(0)),
+            received_progress: Arc::new(Notify::new()),
             released,
         };
         let connections = Arc::new(AtomicUsize::new(0));
@@ -158,6 +167,8 @@ impl TestUpstream {
             arrived: shared.arrived,
             body_bytes_sent: shared.sent,
             body_progress: shared.progress,
+            body_bytes_received: shared.received,
+            body_received: shared.received_progress,
             release,
             task,
         }
@@ -208,9 +219,25 @@ async fn upstream_service(
             .boxed(),
         )
     } else if path == "/collect" {
-        // Answers only once the whole request body has arrived: its length.
-        let body = req.into_body().collect().await.map(|b| b.to_bytes());
-        Response::new(full(body.map_or(0, |b| b.len()).to_string()))
+        // Answers only once the whole request body has arrived: its length. Counted, not kept, so
+        // that many uploads do not grow the test process's memory.
+        let mut body = req.into_body();
+        let mut length = 0;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                // As before: a body that failed counts as none.
+                length = 0;
+                break;
+            };
+            if let Some(data) = frame.data_ref() {
+                length += data.len();
+                shared
+                    .received
+                    .fetch_add(data.len() as u64, Ordering::SeqCst);
+                shared.received_progress.notify_one();
+            }
+        }
+        Response::new(full(length.to_string()))
     } else if path == "/hang" {
         std::future::pending::<()>().await;
         unreachable!()
