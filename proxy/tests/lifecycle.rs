@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{collect, get, h1, until_metric, TestPki, TestProxy, TestUpstream};
+use common::{
+    collect, get, h1, raw_h2, raw_h2_get, until_metric, TestPki, TestProxy, TestUpstream,
+};
 use http::StatusCode;
 use http_body_util::Empty;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -527,34 +529,6 @@ async fn a_client_that_does_not_read_is_closed_after_the_send_timeout() {
     proxy.shutdown().await;
 }
 
-/// An HTTP/2 client connection made with `h2` itself, so that a test decides when a stream's
-/// flow-control window opens: nothing is released unless the test releases it.
-async fn raw_h2<T>(io: T, window: u32) -> h2::client::SendRequest<Bytes>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(window)
-        .initial_connection_window_size(i32::MAX as u32)
-        .handshake(io)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-/// Sends `GET path` on a new stream of `client`; the `200` response's body.
-async fn raw_h2_get(client: &h2::client::SendRequest<Bytes>, path: &str) -> h2::RecvStream {
-    let request = http::Request::get(format!("https://localhost{path}"))
-        .body(())
-        .unwrap();
-    let mut client = client.clone().ready().await.unwrap();
-    let (response, _) = client.send_request(request, true).unwrap();
-    let response = response.await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.into_body()
-}
-
 /// Reads a body to its end, opening the window as it goes; its length.
 async fn raw_h2_read_all(mut body: h2::RecvStream) -> usize {
     let mut read = 0;
@@ -591,7 +565,7 @@ async fn an_http2_stream_whose_window_stays_shut_is_reset_after_the_send_timeout
     let tls = common::tls_connect(&pki, proxy.addr, &[b"h2"])
         .await
         .unwrap();
-    let client = raw_h2(tls, 16 * 1024).await;
+    let client = raw_h2(tls, 16 * 1024, i32::MAX as u32).await;
     // This stream's window is never opened: its response stalls after the first 16 KiB.
     let stalled = raw_h2_get(&client, &format!("/bytes/{SIZE}")).await;
     // Meanwhile, another stream on the connection that reads is served.
@@ -620,7 +594,7 @@ async fn an_http2_stream_waiting_on_a_slow_upstream_is_not_cut_by_the_send_timeo
     let tls = common::tls_connect(&pki, proxy.addr, &[b"h2"])
         .await
         .unwrap();
-    let client = raw_h2(tls, 16 * 1024).await;
+    let client = raw_h2(tls, 16 * 1024, i32::MAX as u32).await;
     let mut slow = raw_h2_get(&client, "/held-stream").await;
     let first = slow.data().await.unwrap().unwrap();
     assert_eq!(first, "first ");
@@ -694,7 +668,7 @@ async fn an_http2_client_that_reads_nothing_is_closed_after_the_send_timeout() {
         reading: reading.clone(),
     };
     // Windows wide open: only the socket holds the proxy's writes back.
-    let client = raw_h2(io, i32::MAX as u32).await;
+    let client = raw_h2(io, i32::MAX as u32, i32::MAX as u32).await;
     let _body = raw_h2_get(&client, &format!("/bytes/{SIZE}")).await;
     reading.store(false, Ordering::SeqCst);
     // The proxy's writes stall; after the send timeout the connection is closed.

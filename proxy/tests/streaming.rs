@@ -308,19 +308,6 @@ const SLOW_READERS_MAX_GROWTH: u64 = SLOW_TOTAL as u64 * 1024 * 1024;
 /// that none is closed before the upstream has settled on a loaded machine.
 const SLOW_SEND_TIMEOUT: &str = "10s";
 
-/// An HTTP/2 client made with `h2` itself, whose streams' windows stay shut unless released.
-async fn raw_h2(pki: &TestPki, addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tls = common::tls_connect(pki, addr, &[b"h2"]).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(SLOW_H2_WINDOW)
-        .initial_connection_window_size(SLOW_H2_WINDOW * SLOW_H2_STREAMS as u32)
-        .handshake(tls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test]
 async fn many_clients_that_read_nothing_hold_bounded_memory_until_the_send_timeout() {
     let _serial = SERIAL.lock().await;
@@ -334,7 +321,11 @@ async fn many_clients_that_read_nothing_hold_bounded_memory_until_the_send_timeo
     }
     let mut h2_clients = Vec::new();
     for _ in 0..SLOW_H2_CONNECTIONS {
-        h2_clients.push(raw_h2(&pki, proxy.addr).await);
+        let tls = common::tls_connect(&pki, proxy.addr, &[b"h2"])
+            .await
+            .unwrap();
+        let window = SLOW_H2_WINDOW * SLOW_H2_STREAMS as u32;
+        h2_clients.push(common::raw_h2(tls, SLOW_H2_WINDOW, window).await);
     }
     reset_peak_rss();
     let baseline = peak_rss();
@@ -346,14 +337,7 @@ async fn many_clients_that_read_nothing_hold_bounded_memory_until_the_send_timeo
     let mut h2_bodies = Vec::new();
     for client in &h2_clients {
         for _ in 0..SLOW_H2_STREAMS {
-            let request = Request::get(format!("https://localhost/bytes/{LARGE}"))
-                .body(())
-                .unwrap();
-            let mut client = client.clone().ready().await.unwrap();
-            let (response, _) = client.send_request(request, true).unwrap();
-            let response = response.await.unwrap();
-            assert_eq!(response.status(), StatusCode::OK);
-            h2_bodies.push(response.into_body());
+            h2_bodies.push(common::raw_h2_get(client, &format!("/bytes/{LARGE}")).await);
         }
     }
 

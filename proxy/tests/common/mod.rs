@@ -510,3 +510,36 @@ pub async fn until_metric_within(proxy: &TestProxy, line: &str, within: Duration
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// An HTTP/2 client connection made with `h2` itself, so that a test decides when a stream's
+/// flow-control window opens (`stream_window`, `connection_window`): nothing is released unless
+/// the test releases it.
+pub async fn raw_h2<T>(
+    io: T,
+    stream_window: u32,
+    connection_window: u32,
+) -> h2::client::SendRequest<Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(stream_window)
+        .initial_connection_window_size(connection_window)
+        .handshake(io)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// Sends `GET path` on a new stream of `client`; the `200` response's body.
+pub async fn raw_h2_get(client: &h2::client::SendRequest<Bytes>, path: &str) -> h2::RecvStream {
+    let request = http::Request::get(format!("https://localhost{path}"))
+        .body(())
+        .unwrap();
+    let mut client = client.clone().ready().await.unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
+}
