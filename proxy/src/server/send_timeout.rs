@@ -5,12 +5,13 @@
 //! - [`SendDeadline`]: the deadline itself, armed when sending starts to wait on the client;
 //! - [`SendTimeoutIo`]: a client connection's writes (HTTP/1.1 and HTTP/2), failed when they wait
 //!   that long: the connection ends, so do its responses;
-//! - [`StreamExecutor`]: one HTTP/2 stream's response, dropped when the client keeps the stream's
-//!   flow-control window shut that long (the connection's writes go on, other streams too).
+//! - [`StreamExecutor`] and its [`StreamSendGuard`]: one HTTP/2 stream's response, dropped when
+//!   the client keeps the stream's flow-control window shut that long (the connection's writes go
+//!   on, other streams too).
 
 use std::cell::Cell;
-use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -139,24 +140,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeoutIo<T> {
     }
 }
 
-tokio::task_local! {
-    /// Whether the response body of the HTTP/2 stream being polled has yielded a data frame that
-    /// hyper has not sent yet: it waits for the client to open the stream's window, since hyper
-    /// polls the body again only once the frame has been sent.
-    static FRAME_WAITING: Cell<bool>;
+thread_local! {
+    /// While an HTTP/2 stream's task is polled (by [`StreamSendGuard`]): whether its response body
+    /// has yielded a data frame that hyper has not sent yet. It waits for the client to open the
+    /// stream's window, since hyper polls the body again only once the frame has been sent.
+    /// `None` outside such a poll.
+    static FRAME_WAITING: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// Told by a response body each time hyper polls it on an HTTP/2 stream: whether it yielded a
 /// data frame (which now waits to be sent). Outside an HTTP/2 stream's task it does nothing.
 pub(crate) fn body_polled(yielded_data: bool) {
-    let _ = FRAME_WAITING.try_with(|waiting| waiting.set(yielded_data));
+    FRAME_WAITING.with(|waiting| {
+        if waiting.get().is_some() {
+            waiting.set(Some(yielded_data));
+        }
+    });
 }
 
 /// The executor of the HTTP/2 connections' streams: tokio's, with each stream's task guarded by
-/// the send timeout. A stream whose response has a frame waiting for flow-control window for the
-/// whole timeout is dropped: h2 resets it (`RST_STREAM` CANCEL) and the dropped body releases its
-/// upstream connection. A body that waits on the upstream (a slow stream, server-sent events) is
-/// not cut: only a frame the client does not take counts.
+/// the send timeout ([`StreamSendGuard`]).
 #[derive(Clone)]
 pub(crate) struct StreamExecutor {
     timeout: Duration,
@@ -171,36 +174,49 @@ impl StreamExecutor {
 
 impl<F> hyper::rt::Executor<F> for StreamExecutor
 where
-    F: Future<Output = ()> + Send + 'static,
+    F: Future<Output = ()> + Unpin + Send + 'static,
 {
     fn execute(&self, stream: F) {
-        let timeout = self.timeout;
-        let metrics = self.metrics.clone();
-        // The guard lives in the task's own future: nothing is allocated for it per stream until
-        // a frame first waits on the client.
-        tokio::spawn(async move {
-            let mut stream = pin!(stream);
-            let mut deadline = SendDeadline::new(timeout);
-            // Carried from poll to poll: hyper polls the body only when the frame has gone.
-            let mut waiting = false;
-            poll_fn(|cx| {
-                let (polled, now_waiting) = FRAME_WAITING.sync_scope(Cell::new(waiting), || {
-                    let polled = stream.as_mut().poll(cx);
-                    (polled, FRAME_WAITING.with(Cell::get))
-                });
-                waiting = now_waiting;
-                if polled.is_ready() {
-                    return Poll::Ready(());
-                }
-                if deadline.expired(cx, waiting) {
-                    debug!(phase = "send", timeout = ?timeout, "client took nothing of an HTTP/2 stream's response in time: resetting the stream");
-                    metrics.client_timeout(ClientTimeout::Send);
-                    // Returning drops the stream's future.
-                    return Poll::Ready(());
-                }
-                Poll::Pending
-            })
-            .await;
+        tokio::spawn(StreamSendGuard {
+            stream,
+            deadline: SendDeadline::new(self.timeout),
+            waiting: false,
+            metrics: self.metrics.clone(),
         });
+    }
+}
+
+/// One HTTP/2 stream's task under the send timeout. A stream whose response has a frame waiting
+/// for flow-control window for the whole timeout is dropped: h2 resets it (`RST_STREAM` CANCEL)
+/// and the dropped body releases its upstream connection. A body that waits on the upstream (a
+/// slow stream, server-sent events) is not cut: only a frame the client does not take counts.
+/// The guard is part of the task's own future: nothing is allocated for it until a frame first
+/// waits on the client.
+struct StreamSendGuard<F> {
+    stream: F,
+    deadline: SendDeadline,
+    /// Carried from poll to poll: hyper polls the body only when the frame has gone.
+    waiting: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl<F: Future<Output = ()> + Unpin> Future for StreamSendGuard<F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let guard = &mut *self;
+        FRAME_WAITING.set(Some(guard.waiting));
+        let polled = Pin::new(&mut guard.stream).poll(cx);
+        guard.waiting = FRAME_WAITING.take().unwrap_or(false);
+        if polled.is_ready() {
+            return Poll::Ready(());
+        }
+        if guard.deadline.expired(cx, guard.waiting) {
+            debug!(phase = "send", timeout = ?guard.deadline.timeout, "client took nothing of an HTTP/2 stream's response in time: resetting the stream");
+            guard.metrics.client_timeout(ClientTimeout::Send);
+            // Returning drops the stream's future.
+            return Poll::Ready(());
+        }
+        Poll::Pending
     }
 }
